@@ -1,0 +1,253 @@
+"""The ``coby`` command line.
+
+    coby run                  the engine against the live exchanges in config.yaml
+    coby demo [--seconds N]   the whole engine against the local simulator, offline
+    coby status [--json]      each actor's pid, state, restarts, heartbeat, CPU, RSS; ring fill
+    coby restart|stop|start ACTOR, coby shutdown, coby sweep, coby actor NAME
+
+Every failure a user can cause (bad config, busy port, instance already running, no
+engine to talk to) ends with one clear line on stderr and a non-zero exit, no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+from engine.config import Config, ConfigError, load_config
+from engine.control import ControlError, request
+from engine.supervisor import StartupError, Supervisor, default_actor_specs, free_port, running_directory
+from shm.records import Status
+from shm.registry import sweep
+
+
+def _load(path: str | None, overrides: dict[str, Any] | None = None) -> Config:
+    return load_config(path, overrides=overrides)
+
+
+def command_run(arguments: argparse.Namespace) -> int:
+    supervisor = Supervisor(_load(arguments.config))
+    supervisor.start()
+    return supervisor.run()
+
+
+def demo_config(path: str | None, instance: str) -> Config:
+    """The user's config, pointed at a local simulator on free ports, with free engine ports."""
+    from sim.server import simulated_urls
+
+    base = _load(path)
+    host = base.simulator.host
+    ws_port, rest_port = free_port(host), free_port(host)
+    exchanges = {}
+    for name in base.exchange_ids():
+        ws_url, rest_url = simulated_urls(name, host, ws_port, rest_port)
+        exchanges[name] = {"ws_url": ws_url, "rest_url": rest_url}
+    any_port = "tcp://127.0.0.1:0"
+    return _load(
+        path,
+        {
+            "engine": {"instance": instance},
+            "endpoints": {"control": any_port, "bus_publish": any_port, "bus_subscribe": any_port},
+            "simulator": {"ws_port": ws_port, "rest_port": rest_port},
+            "exchanges": exchanges,
+        },
+    )
+
+
+class _DemoPrinter:
+    """Prints the consolidated top of book once a second while the demo runs."""
+
+    def __init__(self, supervisor: Supervisor) -> None:
+        from engine.client import attach
+
+        self.engine = attach(supervisor.instance)
+        self.supervisor = supervisor
+        self.next_print = time.monotonic() + 1.0
+        self.ever_in_sync: set[tuple[str, str]] = set()
+
+    def __call__(self) -> None:
+        now = time.monotonic()
+        if now < self.next_print:
+            return
+        self.next_print = now + 1.0
+        for symbol in self.engine.symbols:
+            book = self.engine.book(symbol).snapshot()
+            states = book.exchange_states()
+            for state in states:
+                if state.status == Status.IN_SYNC:
+                    self.ever_in_sync.add((state.name, symbol))
+            venues = " ".join(f"{s.name}:{s.status.name.lower()}" for s in states)
+            if book.best_bid is None or book.best_ask is None:
+                print(f"{symbol:<12} (no consolidated book yet)  {venues}", flush=True)
+                continue
+            mid = (book.best_bid + book.best_ask) / 2
+            spread_bps = (book.best_ask - book.best_bid) / mid * 1e4
+            print(
+                f"{symbol:<12} bid {book.best_bid:>12.2f} x {book.bid_size[0]:<10.5f} "
+                f"ask {book.best_ask:>12.2f} x {book.ask_size[0]:<10.5f} "
+                f"spread {spread_bps:6.2f} bp  levels {len(book.bid_price)}/{len(book.ask_price)}  {venues}",
+                flush=True,
+            )
+
+    def summary(self, seconds: float) -> tuple[str, bool]:
+        status = self.supervisor.status()
+        records = sum(stats["written_records"] for stats in status["rings"].values())
+        overflows = sum(stats["dropped_batches"] for stats in status["rings"].values())
+        restarts = sum(actor["restarts"] for actor in status["actors"])
+        wanted = {(exchange, symbol) for exchange in self.engine.exchanges for symbol in self.engine.symbols}
+        synced = len(wanted & self.ever_in_sync)
+        ok = synced == len(wanted)
+        line = (
+            f"demo {'ok' if ok else 'FAILED'}: {seconds:g}s, {len(self.engine.symbols)} symbols, "
+            f"{synced}/{len(wanted)} exchange books synced, {records} records, "
+            f"{overflows} ring overflows, {restarts} restarts"
+        )
+        return line, ok
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+def command_demo(arguments: argparse.Namespace) -> int:
+    config = demo_config(arguments.config, arguments.instance)
+    supervisor = Supervisor(
+        config,
+        default_actor_specs(config, with_simulator=True),
+        extra_directory={"simulator": {"ws_port": config.simulator.ws_port, "rest_port": config.simulator.rest_port}},
+    )
+    supervisor.start()
+    printer = _DemoPrinter(supervisor)
+    summary: list[tuple[str, bool]] = []
+
+    def tick() -> None:
+        printer()
+        summary[:] = [printer.summary(arguments.seconds)]
+
+    code = supervisor.run(duration_s=arguments.seconds, on_tick=tick)
+    printer.close()
+    line, ok = summary[0] if summary else ("demo FAILED: the engine stopped before it ran", False)
+    print(line, flush=True)
+    return code or (0 if ok else 1)
+
+
+def _control_endpoint(arguments: argparse.Namespace) -> str:
+    config = _load(arguments.config)
+    instance = arguments.instance or config.engine.instance
+    directory = running_directory(instance)
+    if directory is None:
+        raise ControlError(f"no coby instance {instance!r} is running on this host (start one with 'coby run')")
+    return directory["endpoints"]["control"]
+
+
+def command_status(arguments: argparse.Namespace) -> int:
+    reply = request(_control_endpoint(arguments), "status")
+    if arguments.json:
+        print(json.dumps(reply, indent=2, sort_keys=True))
+        return 0 if reply.get("ok") else 1
+    print(f"instance {reply['instance']}  supervisor pid {reply['pid']}  up {reply['uptime_s']:.0f}s")
+    print(f"{'actor':<22}{'pid':>8}  {'state':<9}{'restarts':>9}{'beat age':>10}{'cpu %':>8}{'rss MiB':>9}")
+    for actor in reply["actors"]:
+        age = "-" if actor["heartbeat_age_s"] is None else f"{actor['heartbeat_age_s']:.2f}s"
+        print(
+            f"{actor['name']:<22}{actor['pid'] or '-':>8}  {actor['state']:<9}{actor['restarts']:>9}"
+            f"{age:>10}{actor['cpu_percent']:>8.1f}{actor['rss_bytes'] / 2**20:>9.1f}"
+        )
+    print(f"{'ring':<22}{'fill':>10}{'capacity':>10}{'fill %':>8}{'overflows':>10}{'records':>12}")
+    for exchange, ring in reply["rings"].items():
+        print(
+            f"{exchange:<22}{ring['fill']:>10}{ring['capacity']:>10}{ring['fill_ratio'] * 100:>8.2f}"
+            f"{ring['dropped_batches']:>10}{ring['written_records']:>12}"
+        )
+    return 0
+
+
+def command_control(arguments: argparse.Namespace) -> int:
+    extra = {"actor": arguments.actor} if getattr(arguments, "actor", None) else {}
+    reply = request(_control_endpoint(arguments), arguments.command, **extra)
+    if not reply.get("ok"):
+        print(f"coby: {reply.get('error')}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def command_sweep(arguments: argparse.Namespace) -> int:
+    removed = sweep()
+    print(f"removed {len(removed)} orphaned segment(s)" + (": " + ", ".join(removed) if removed else ""))
+    return 0
+
+
+def command_actor(arguments: argparse.Namespace) -> int:
+    """Run one actor in the foreground against a running instance, for debugging."""
+    from engine.actor import ActorSpec, actor_main
+
+    config = _load(arguments.config)
+    instance = arguments.instance or config.engine.instance
+    directory = running_directory(instance)
+    if directory is None:
+        raise ControlError(f"no coby instance {instance!r} is running; start it first with 'coby run'")
+    specs = {spec.name: spec for spec in default_actor_specs(config, with_simulator="simulator" in directory)}
+    if arguments.name not in specs:
+        raise ControlError(f"no actor {arguments.name!r}; actors: {sorted(specs)}")
+    status = request(directory["endpoints"]["control"], "status")
+    state = next(a["state"] for a in status["actors"] if a["name"] == arguments.name)
+    if state != "stopped":
+        raise ControlError(
+            f"actor {arguments.name!r} is {state} under the supervisor; run 'coby stop {arguments.name}' first"
+        )
+    spec = specs[arguments.name]
+    actor_main(ActorSpec(spec.name, spec.kind, spec.target, -1, spec.arguments), config, directory, 0)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="coby", description="Multi-exchange consolidated order book engine.")
+    parser.add_argument("--config", help="config file (default: $COBY_CONFIG, else ./config.yaml, else defaults)")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("run", help="run the engine against the exchanges in the config").set_defaults(handler=command_run)
+    demo = commands.add_parser("demo", help="run the whole engine against the local simulator (offline)")
+    demo.add_argument("--seconds", type=float, default=20.0, help="stop after this long (default 20)")
+    demo.add_argument("--instance", default="demo", help="instance name for the demo's segments (default demo)")
+    demo.set_defaults(handler=command_demo)
+    status = commands.add_parser("status", help="actors, heartbeats, CPU/RSS, ring fill of a running engine")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(handler=command_status)
+    for name, text in (("restart", "restart one actor"), ("stop", "stop one actor and hold it"), ("start", "release a held actor")):
+        sub = commands.add_parser(name, help=text)
+        sub.add_argument("actor")
+        sub.set_defaults(handler=command_control)
+    commands.add_parser("shutdown", help="stop a running engine gracefully").set_defaults(handler=command_control)
+    commands.add_parser("sweep", help="remove shared-memory segments whose supervisor is dead").set_defaults(handler=command_sweep)
+    actor = commands.add_parser("actor", help="run one actor in the foreground against a running engine")
+    actor.add_argument("name")
+    actor.set_defaults(handler=command_actor)
+    for sub in commands.choices.values():
+        sub.add_argument("--instance", default=sub.get_default("instance"), help="engine instance name")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    arguments = build_parser().parse_args(argv)
+    try:
+        return arguments.handler(arguments)
+    except ConfigError as error:
+        print(f"config error: {error}", file=sys.stderr)
+        return 2
+    except (StartupError, ControlError) as error:
+        print(f"coby: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except Exception as error:
+        from engine.bus import PortInUse
+
+        if isinstance(error, PortInUse):
+            print(f"coby: {error}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())
