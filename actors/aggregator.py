@@ -115,6 +115,9 @@ class AggregatorActor(Actor):
         self.context = zmq.asyncio.Context()
         self.doorbell = self.context.socket(zmq.PULL)
         self.doorbell.bind(directory["endpoints"]["doorbell_aggregator"])
+        # Draining uses a blocking-API shadow of the same socket: on the asyncio socket a
+        # NOBLOCK recv returns a future instead of raising zmq.Again.
+        self.doorbell_drain = zmq.Socket.shadow(self.doorbell.underlying)
         self.publisher = Publisher(self.context, directory["endpoints"]["bus_publish"])
         settings = self.config.aggregator
         self.publish_interval = settings.publish_interval_ms / 1000
@@ -141,7 +144,7 @@ class AggregatorActor(Actor):
             if all(waiting) and await self.doorbell.poll(max(timeout_ms, 0)):
                 while True:
                     try:
-                        self.doorbell.recv(zmq.NOBLOCK)
+                        self.doorbell_drain.recv(zmq.NOBLOCK)
                     except zmq.Again:
                         break
         finally:

@@ -16,8 +16,9 @@ import json
 import sys
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
-from engine.config import Config, ConfigError, load_config
+from engine.config import Config, ConfigError, is_loopback_host, load_config
 from engine.control import ControlError, request
 from engine.supervisor import StartupError, Supervisor, default_actor_specs, free_port, running_directory
 from shm.records import Status
@@ -29,29 +30,30 @@ def _load(path: str | None, overrides: dict[str, Any] | None = None) -> Config:
 
 
 def command_run(arguments: argparse.Namespace) -> int:
-    supervisor = Supervisor(_load(arguments.config))
+    overrides = {"engine": {"instance": arguments.instance}} if arguments.instance else None
+    supervisor = Supervisor(_load(arguments.config, overrides))
     supervisor.start()
     return supervisor.run()
 
 
 def demo_config(path: str | None, instance: str) -> Config:
-    """The user's config, pointed at a local simulator on free ports, with free engine ports."""
-    from sim.server import simulated_urls
+    """The user's config with every exchange pointed at the local simulator, on free ports.
 
+    Exchanges whose URLs already name a loopback port keep them (a fixed-port simulator).
+    """
     base = _load(path)
     host = base.simulator.host
-    ws_port, rest_port = free_port(host), free_port(host)
     exchanges = {}
     for name in base.exchange_ids():
-        ws_url, rest_url = simulated_urls(name, host, ws_port, rest_port)
-        exchanges[name] = {"ws_url": ws_url, "rest_url": rest_url}
+        settings = base.exchanges[name]
+        if not all(is_loopback_host(urlsplit(url).hostname or "") for url in (settings.ws_url, settings.rest_url)):
+            exchanges[name] = {"ws_url": f"ws://{host}:{free_port(host)}", "rest_url": f"http://{host}:{free_port(host)}"}
     any_port = "tcp://127.0.0.1:0"
     return _load(
         path,
         {
             "engine": {"instance": instance},
             "endpoints": {"control": any_port, "bus_publish": any_port, "bus_subscribe": any_port},
-            "simulator": {"ws_port": ws_port, "rest_port": rest_port},
             "exchanges": exchanges,
         },
     )
@@ -88,7 +90,7 @@ class _DemoPrinter:
             print(
                 f"{symbol:<12} bid {book.best_bid:>12.2f} x {book.bid_size[0]:<10.5f} "
                 f"ask {book.best_ask:>12.2f} x {book.ask_size[0]:<10.5f} "
-                f"spread {spread_bps:6.2f} bp  levels {len(book.bid_price)}/{len(book.ask_price)}  {venues}",
+                f"spread {spread_bps:7.3f} bp  levels {len(book.bid_price)}/{len(book.ask_price)}  {venues}",
                 flush=True,
             )
 
@@ -113,10 +115,9 @@ class _DemoPrinter:
 
 def command_demo(arguments: argparse.Namespace) -> int:
     config = demo_config(arguments.config, arguments.instance)
+    simulated = {name: {"ws_url": config.exchanges[name].ws_url, "rest_url": config.exchanges[name].rest_url} for name in config.exchange_ids()}
     supervisor = Supervisor(
-        config,
-        default_actor_specs(config, with_simulator=True),
-        extra_directory={"simulator": {"ws_port": config.simulator.ws_port, "rest_port": config.simulator.rest_port}},
+        config, default_actor_specs(config, with_simulator=True), extra_directory={"simulator": simulated}
     )
     supervisor.start()
     printer = _DemoPrinter(supervisor)
@@ -203,28 +204,35 @@ def command_actor(arguments: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    config_help = "config file (default: $COBY_CONFIG, else ./config.yaml, else defaults)"
     parser = argparse.ArgumentParser(prog="coby", description="Multi-exchange consolidated order book engine.")
-    parser.add_argument("--config", help="config file (default: $COBY_CONFIG, else ./config.yaml, else defaults)")
+    parser.add_argument("--config", help=config_help)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", default=argparse.SUPPRESS, help=config_help)
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("run", help="run the engine against the exchanges in the config").set_defaults(handler=command_run)
-    demo = commands.add_parser("demo", help="run the whole engine against the local simulator (offline)")
+
+    def command(name: str, handler: Any, text: str, instance_default: str | None = None) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=text, parents=[common])
+        sub.add_argument(
+            "--instance", default=instance_default, help="engine instance name (default: engine.instance)"
+        )
+        sub.set_defaults(handler=handler)
+        return sub
+
+    command("run", command_run, "run the engine against the exchanges in the config")
+    demo = command("demo", command_demo, "run the whole engine against the local simulator (offline)", "demo")
     demo.add_argument("--seconds", type=float, default=20.0, help="stop after this long (default 20)")
-    demo.add_argument("--instance", default="demo", help="instance name for the demo's segments (default demo)")
-    demo.set_defaults(handler=command_demo)
-    status = commands.add_parser("status", help="actors, heartbeats, CPU/RSS, ring fill of a running engine")
+    status = command("status", command_status, "actors, heartbeats, CPU/RSS, ring fill of a running engine")
     status.add_argument("--json", action="store_true", help="machine-readable output")
-    status.set_defaults(handler=command_status)
-    for name, text in (("restart", "restart one actor"), ("stop", "stop one actor and hold it"), ("start", "release a held actor")):
-        sub = commands.add_parser(name, help=text)
-        sub.add_argument("actor")
-        sub.set_defaults(handler=command_control)
-    commands.add_parser("shutdown", help="stop a running engine gracefully").set_defaults(handler=command_control)
-    commands.add_parser("sweep", help="remove shared-memory segments whose supervisor is dead").set_defaults(handler=command_sweep)
-    actor = commands.add_parser("actor", help="run one actor in the foreground against a running engine")
-    actor.add_argument("name")
-    actor.set_defaults(handler=command_actor)
-    for sub in commands.choices.values():
-        sub.add_argument("--instance", default=sub.get_default("instance"), help="engine instance name")
+    for name, text in (
+        ("restart", "restart one actor"),
+        ("stop", "stop one actor and hold it stopped"),
+        ("start", "release a held actor"),
+    ):
+        command(name, command_control, text).add_argument("actor")
+    command("shutdown", command_control, "stop a running engine gracefully")
+    command("sweep", command_sweep, "remove shared-memory segments whose supervisor is dead")
+    command("actor", command_actor, "run one actor in the foreground against a running engine").add_argument("name")
     return parser
 
 
@@ -233,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return arguments.handler(arguments)
     except ConfigError as error:
-        print(f"config error: {error}", file=sys.stderr)
+        print(error, file=sys.stderr)
         return 2
     except (StartupError, ControlError) as error:
         print(f"coby: {error}", file=sys.stderr)

@@ -385,29 +385,33 @@ class SimulatedSymbol(Section):
     mid: float = setting(1.0, "Starting mid price.", POSITIVE)
     tick: float = setting(0.01, "Price increment.", POSITIVE)
     lot: float = setting(0.001, "Size increment.", POSITIVE)
+    order_size: float = setting(1.0, "Typical order size near the mid, in base units.", POSITIVE)
+    volatility: float = setting(
+        0.0001, "Standard deviation of the latent log mid per square-root second.", between(0.0, 0.1)
+    )
 
 
 @dataclass(frozen=True, slots=True)
 class SimulatorConfig(Section):
-    """The built-in exchange simulator used by tests and the offline demo."""
+    """The built-in exchange simulator used by tests and the offline demo.
+
+    Each enabled exchange is simulated at the loopback ports its own ``ws_url`` and
+    ``rest_url`` name; ``coby demo`` points exchanges whose URLs are not on loopback at
+    free ports of ``host``.
+    """
 
     seed: int = setting(7, "Random seed: the same seed replays the same market.")
     host: str = setting("127.0.0.1", "Interface the simulator's servers listen on.", LOOPBACK_HOST_RULE)
-    ws_port: int = setting(0, "WebSocket port; 0 picks a free port.", PORT_RULE)
-    rest_port: int = setting(0, "HTTP (REST) port; 0 picks a free port.", PORT_RULE)
     update_interval_ms: int = setting(100, "Mean milliseconds between two book updates.", between(1, 60000))
     symbols: FrozenMap[str, SimulatedSymbol] = setting(
         FrozenMap({
-            "BTC/USDT": SimulatedSymbol(mid=60000.0, tick=0.01, lot=0.00001),
-            "ETH/USDT": SimulatedSymbol(mid=3000.0, tick=0.01, lot=0.0001),
-            "SOL/USDT": SimulatedSymbol(mid=150.0, tick=0.01, lot=0.001),
+            "BTC/USDT": SimulatedSymbol(mid=60000.0, tick=0.01, lot=0.00001, order_size=0.05),
+            "ETH/USDT": SimulatedSymbol(mid=3000.0, tick=0.01, lot=0.0001, order_size=0.5, volatility=0.0002),
+            "SOL/USDT": SimulatedSymbol(mid=150.0, tick=0.01, lot=0.001, order_size=5.0, volatility=0.0003),
         }),
         "Simulated symbols and their market.", keys=CANONICAL_SYMBOL_RULE, entry="symbol",
     )
 
-    def _check(self, key: str) -> None:
-        if self.ws_port and self.ws_port == self.rest_port:
-            raise _value_error(f"{key}.rest_port", self.rest_port, f"different from {key}.ws_port (or 0)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -439,7 +443,7 @@ class Config(Section):
         FrozenMap({
             "binance": ExchangeConfig(
                 symbols=("BTC/USDT", "ETH/USDT", "SOL/USDT"),
-                ws_url="wss://stream.binance.com:9443/stream",
+                ws_url="wss://stream.binance.com:9443",
                 rest_url="https://api.binance.com",
             ),
         }),
@@ -483,6 +487,15 @@ class Config(Section):
                     f"unknown key 'buckets.absolute.{symbol}': bucket units are only for symbols listed under "
                     f"exchanges: {', '.join(sorted(listed)) or 'none'}",
                     key=f"buckets.absolute.{symbol}",
+                )
+        for name, exchange in self.exchanges.items():
+            needed = 2 * exchange.snapshot_depth + 3
+            if exchange.enabled and needed > self.shm.ring_records:
+                raise _value_error(
+                    f"exchanges.{name}.snapshot_depth",
+                    exchange.snapshot_depth,
+                    f"at most {(self.shm.ring_records - 3) // 2}: a full snapshot ({needed} records) must fit in "
+                    f"shm.ring_records ({self.shm.ring_records}); raise shm.ring_records or lower the depth",
                 )
 
 

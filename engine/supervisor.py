@@ -454,7 +454,8 @@ class Supervisor:
             unlink_segment(segment.name)
         self.segments = []
         self._context.term()
-        self.log.info("supervisor_stopped", exit_code=self.exit_code)
+        if any(child.started_at for child in self.children.values()):
+            self.log.info("supervisor_stopped", exit_code=self.exit_code)
 
 
 def running_directory(instance: str) -> dict[str, Any] | None:

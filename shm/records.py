@@ -105,6 +105,8 @@ class Reason(IntEnum):
     SNAPSHOT_FAILED = 8
     PRODUCER_DIED = 9
     SHUTDOWN = 10
+    MALFORMED = 11  # a frame that could not be applied whole: lost, so the book is resynced
+    CROSS_CHECK = 12  # the venue's own top of book (e.g. Binance bookTicker) disagreed with ours
 
 
 def empty_records(count: int) -> np.ndarray:

@@ -118,6 +118,8 @@ class Ring:
 
     def write(self, batch: np.ndarray) -> bool:
         """Append a whole batch, or nothing (counted as dropped) if it does not fit."""
+        if batch.dtype is not RECORD_DTYPE and batch.dtype != RECORD_DTYPE:
+            raise TypeError(f"ring records must have RECORD_DTYPE, got {batch.dtype}")
         count = len(batch)
         write = self._write
         control = self._control
@@ -126,8 +128,6 @@ class Ring:
             control[DROPPED_RECORDS] += count
             control[DROPPED_BATCHES] += 1
             return False
-        if batch.dtype is not RECORD_DTYPE and batch.dtype != RECORD_DTYPE:
-            raise TypeError(f"ring records must have RECORD_DTYPE, got {batch.dtype}")
         data = np.frombuffer(batch, np.uint8)
         start = (write & self._mask) * _RECORD_SIZE
         end = start + count * _RECORD_SIZE

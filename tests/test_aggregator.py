@@ -40,8 +40,13 @@ def engine():
         instance,
         {
             "exchanges": {
-                "binance": {"symbols": ["BTC/USDT", "ETH/USDT"]},
-                "kraken": {"symbols": ["BTC/USDT"], "ws_url": "wss://ws.kraken.com", "rest_url": "https://api.kraken.com"},
+                "binance": {"symbols": ["BTC/USDT", "ETH/USDT"], "snapshot_depth": 100},
+                "kraken": {
+                    "symbols": ["BTC/USDT"],
+                    "ws_url": "wss://ws.kraken.com",
+                    "rest_url": "https://api.kraken.com",
+                    "snapshot_depth": 100,
+                },
             },
             "shm": {"ring_records": 1024, "book_depth": 50},
             "aggregator": {"publish_interval_ms": 0, "stale_after_s": 2.0},

@@ -152,7 +152,8 @@ def test_unknown_key_in_the_file_is_refused(tmp_path):
         ({"endpoints": {"bus_publish": "udp://127.0.0.1:1"}}, "endpoints.bus_publish = udp://127.0.0.1:1: must be tcp://host:port"),
         ({"endpoints": {"control": "tcp://0.0.0.0:7800"}}, "endpoints.control = tcp://0.0.0.0:7800: must be on a loopback host (127.0.0.1, ::1 or localhost) unless endpoints.allow_public is true"),
         ({"endpoints": {"bus_subscribe": "tcp://127.0.0.1:7801"}}, "endpoints.bus_subscribe = tcp://127.0.0.1:7801: must be different from endpoints.bus_publish"),
-        ({"simulator": {"ws_port": 65536}}, "simulator.ws_port = 65536: must be between 0 and 65535"),
+        ({"simulator": {"symbols": {"BTC/USDT": {"volatility": 0.5}}}}, "simulator.symbols.BTC/USDT.volatility = 0.5: must be between 0.0 and 0.1"),
+        ({"shm": {"ring_records": 1024}}, "exchanges.binance.snapshot_depth = 1000: must be at most 510: a full snapshot (2003 records) must fit in shm.ring_records (1024)"),
         ({"simulator": {"host": "192.168.1.4"}}, "simulator.host = 192.168.1.4: must be a loopback host"),
         ({"storage": {"backend": "mysql"}}, "storage.backend = mysql: must be one of: sqlite, postgres"),
         ({"actors": {"aggregator": {"nice": -21}}}, "actors.aggregator.nice = -21: must be between -20 and 19"),
@@ -185,8 +186,8 @@ def test_missing_file_is_an_error(tmp_path):
 
 def test_coby_config_variable_chooses_the_file(tmp_path, empty_directory):
     path = tmp_path / "other.yaml"
-    path.write_text("shm:\n  ring_records: 1024\n")
-    assert load_config(env={"COBY_CONFIG": str(path)}).shm.ring_records == 1024
+    path.write_text("shm:\n  ring_records: 4096\n")
+    assert load_config(env={"COBY_CONFIG": str(path)}).shm.ring_records == 4096
 
 
 def test_environment_overrides_an_integer():
@@ -197,7 +198,7 @@ def test_environment_overrides_an_integer():
 def test_environment_overrides_a_list_in_a_nested_exchange_key():
     config = load_config(ROOT / "config.yaml", env={"COBY_EXCHANGES__BINANCE__SYMBOLS": "[BTC/USDT, ETH/USDT]"})
     assert config.exchanges["binance"].symbols == ("BTC/USDT", "ETH/USDT")
-    assert config.exchanges["binance"].ws_url == "wss://stream.binance.com:9443/stream"
+    assert config.exchanges["binance"].ws_url == "wss://stream.binance.com:9443"
 
 
 def test_environment_names_are_case_insensitive():

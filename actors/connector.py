@@ -1,0 +1,296 @@
+"""The connector actor: one process per exchange, the IO around a sans-IO exchange module.
+
+The exchange module (``actors/connectors/<exchange>.py``) owns the protocol and the books;
+this actor owns everything that touches the outside world, once for every exchange:
+
+- the instrument metadata request at start (retried with backoff until it answers);
+- one WebSocket task per connection of the module's plan: connect, send the module's
+  subscribe messages, hand every frame to the module, and reconnect with exponential
+  backoff and jitter after any close, error, or a connected-but-silent stream (no
+  frame for the connection's ``stale_after_s``: treated as down, never trusted);
+- REST snapshots the module asks for, at most a few in flight, answering 429/418 with
+  their ``Retry-After`` so the module backs off (418 means the IP is banned: logged as an
+  error);
+- a 20 ms timer that flushes what the module owes the ring (re-sent snapshots after an
+  overflow or when the aggregator restarted) and writes a HEARTBEAT record when nothing
+  else was written for a second, so the aggregator can tell quiet from dead;
+- the ring doorbell: one byte on the aggregator's PULL socket when it is asleep.
+
+A restarted connector announces itself with a CONNECTING status for every symbol, so
+the aggregator drops whatever it held from the previous process before new snapshots.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+
+import aiohttp
+import websockets
+import zmq
+
+from actors.connectors import load_exchange_module
+from actors.connectors.base import ConnectionAction, ConnectionSpec, Connector, SnapshotRequest
+from engine.actor import Actor
+from shm.records import ALL_SYMBOLS, Kind, Reason, Status, empty_records
+from shm.ring import Ring
+
+_TIMER_S = 0.02
+_HEARTBEAT_S = 1.0
+_MAX_FRAME_BYTES = 16 * 2**20
+
+
+class ConnectorActor(Actor):
+    def log_context(self) -> dict[str, str]:
+        return {"exchange": self.spec.arguments["exchange"]}
+
+    async def setup(self) -> None:
+        self.exchange = self.spec.arguments["exchange"]
+        self.settings = self.config.exchanges[self.exchange]
+        directory = self.directory
+        self.exchange_id: int = directory["exchanges"][self.exchange]
+        self.ring = Ring.attach(directory["segments"]["rings"][self.exchange])
+        self.ring.become_producer()
+        self.context = zmq.Context()
+        self.doorbell = self.context.socket(zmq.PUSH)
+        self.doorbell.setsockopt(zmq.LINGER, 0)
+        self.doorbell.setsockopt(zmq.SNDHWM, 1)
+        self.doorbell.connect(directory["endpoints"]["doorbell_aggregator"])
+        self.ring.doorbell = self._ring_doorbell
+        symbol_ids = {symbol: directory["symbols"].index(symbol) for symbol in self.settings.symbols}
+        self.symbol_ids = list(symbol_ids.values())
+        module = load_exchange_module(self.exchange)
+        urls = {}
+        if self.settings.ws_url:
+            urls["ws_base_url"] = self.settings.ws_url
+        if self.settings.rest_url:
+            urls["rest_base_url"] = self.settings.rest_url
+        self.connector: Connector = module.CONNECTOR(
+            self.ring,
+            self.exchange_id,
+            symbol_ids,
+            snapshot_limit=self.settings.snapshot_depth,
+            depth_limit=self.settings.snapshot_depth,
+            stale_after_s=self.settings.stale_after_s,
+            **urls,
+        )
+        self.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.settings.rest_timeout_s))
+        self.snapshots_in_flight: set[asyncio.Task[None]] = set()
+        self.background: set[asyncio.Task[None]] = set()
+        self.open_sockets: dict[int, tuple[websockets.ClientConnection, float]] = {}
+        self.last_frame: dict[int, float] = {}
+        self.silenced: set[int] = set()
+        self.last_write_check = (0, time.monotonic())
+        self._announce(Status.CONNECTING, Reason.STARTUP)
+
+    def _ring_doorbell(self) -> None:
+        try:
+            self.doorbell.send(b"", zmq.NOBLOCK)
+        except zmq.Again:
+            pass  # a ring is already pending: the aggregator will wake up anyway
+
+    def _announce(self, status: Status, reason: Reason) -> None:
+        record = empty_records(1)
+        record["kind"], record["exchange_id"], record["symbol_id"] = Kind.STATUS, self.exchange_id, ALL_SYMBOLS
+        record["aux"], record["reason"], record["receive_ts"] = status, reason, time.time_ns()
+        self.ring.write(record)
+
+    async def run(self) -> None:
+        await self._load_instruments()
+        if self.stopping.is_set():
+            return
+        missing = getattr(self.connector, "missing_symbols", [])
+        if missing:
+            self.log.error(
+                "symbols_not_listed",
+                symbols=missing,
+                hint="the exchange does not list these symbols; fix exchanges.<name>.symbols in config.yaml",
+            )
+        plan = self.connector.connection_plan()
+        tasks = [asyncio.create_task(self._connection(index, spec)) for index, spec in enumerate(plan)]
+        tasks.append(asyncio.create_task(self._timer()))
+        try:
+            await self.stopping.wait()
+        finally:
+            for task in tasks + list(self.snapshots_in_flight):
+                task.cancel()
+            await asyncio.gather(*tasks, *self.snapshots_in_flight, return_exceptions=True)
+
+    async def _load_instruments(self) -> None:
+        url = self.connector.instruments_url
+        delay = self.settings.reconnect_backoff_initial_s
+        while not self.stopping.is_set():
+            try:
+                async with self.http.get(url) as response:
+                    body = await response.read()
+                    if response.status == 200:
+                        instruments = self.connector.load_instruments(body)
+                        self.log.info("instruments_loaded", count=len(instruments), url=url)
+                        return
+                    retry_after = _retry_after(response.headers)
+                    self.log.warning("instruments_request_refused", status=response.status, url=url)
+                    if retry_after is not None:
+                        delay = max(delay, retry_after)
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as error:
+                self.log.warning(
+                    "instruments_request_failed", url=url, error=str(error) or type(error).__name__,
+                    hint="check exchanges.<name>.rest_url and the network; retrying",
+                )
+            await self._sleep(_jittered(delay))
+            delay = min(delay * 2, self.settings.reconnect_backoff_max_s)
+
+    async def _connection(self, index: int, spec: ConnectionSpec) -> None:
+        """Keep connection ``index`` up for as long as the actor runs."""
+        backoff = self.settings.reconnect_backoff_initial_s
+        while not self.stopping.is_set():
+            opened_at = None
+            reason = Reason.DISCONNECTED
+            try:
+                async with websockets.connect(
+                    spec.url,
+                    ping_interval=spec.ping_interval_s,
+                    max_size=_MAX_FRAME_BYTES,
+                    open_timeout=self.settings.rest_timeout_s,
+                    close_timeout=1,
+                ) as socket:
+                    opened_at = time.monotonic()
+                    self.log.info("connected", connection=index, url=spec.url)
+                    for message in self.connector.on_open(index, time.time_ns()):
+                        await socket.send(message)
+                    self.open_sockets[index] = (socket, spec.stale_after_s)
+                    self.last_frame[index] = opened_at
+                    reason = await self._receive(index, socket)
+            except (OSError, asyncio.TimeoutError, websockets.WebSocketException) as error:
+                self.log.warning(
+                    "connection_failed" if opened_at is None else "connection_lost",
+                    connection=index, error=str(error) or type(error).__name__,
+                )
+            finally:
+                self.open_sockets.pop(index, None)
+            if index in self.silenced:
+                self.silenced.discard(index)
+                reason = Reason.STALE_STREAM
+            if opened_at is not None:
+                self.connector.on_close(index, time.time_ns(), reason)
+                if time.monotonic() - opened_at > 2 * self.settings.reconnect_backoff_max_s:
+                    backoff = self.settings.reconnect_backoff_initial_s
+            if self.stopping.is_set():
+                return
+            delay = _jittered(backoff)
+            self.log.info("reconnecting", connection=index, in_s=round(delay, 3), reason=reason.name.lower())
+            await self._sleep(delay)
+            backoff = min(backoff * 2, self.settings.reconnect_backoff_max_s)
+
+    async def _receive(self, index: int, socket: websockets.ClientConnection) -> Reason:
+        """Hand every frame to the module. Silence is watched by the timer, not per frame:
+        ``asyncio.wait_for`` around each ``recv`` costs ~25 µs, several times the module."""
+        on_message = self.connector.on_message
+        last_frame = self.last_frame
+        while True:
+            try:
+                data = await socket.recv()
+            except websockets.ConnectionClosed as closed:
+                if index not in self.silenced:
+                    self.log.warning("disconnected", connection=index, code=closed.code, reason=closed.reason)
+                return Reason.DISCONNECTED
+            last_frame[index] = time.monotonic()
+            if on_message(index, data, time.time_ns()) == ConnectionAction.RECONNECT:
+                self.log.warning("reconnect_requested", connection=index)
+                return Reason.DISCONNECTED
+
+    async def _timer(self) -> None:
+        while True:
+            now_ns = time.time_ns()
+            if self.ring.take_resnapshot_request():
+                self.log.info("resend_requested", hint="the aggregator restarted; re-sending every book")
+                self.connector.request_full_resend()
+            for request in self.connector.snapshot_requests(now_ns):
+                task = asyncio.create_task(self._snapshot(request))
+                self.snapshots_in_flight.add(task)
+                task.add_done_callback(self.snapshots_in_flight.discard)
+            self.connector.flush(now_ns)
+            self._heartbeat(now_ns)
+            self._close_silent_connections()
+            await asyncio.sleep(_TIMER_S)
+
+    def _close_silent_connections(self) -> None:
+        now = time.monotonic()
+        for index, (socket, stale_after_s) in list(self.open_sockets.items()):
+            silent = now - self.last_frame[index]
+            if silent > stale_after_s and index not in self.silenced:
+                self.silenced.add(index)
+                self.log.warning(
+                    "stream_silent", connection=index, silent_s=round(silent, 3),
+                    hint="connected but nothing arrived; reconnecting and resyncing",
+                )
+                closing = asyncio.create_task(socket.close(1000, "stale stream"))
+                self.background.add(closing)
+                closing.add_done_callback(self.background.discard)
+
+    def _heartbeat(self, now_ns: int) -> None:
+        written = self.ring.stats()["written_records"]
+        last_written, last_time = self.last_write_check
+        now = time.monotonic()
+        if written != last_written:
+            self.last_write_check = (written, now)
+        elif now - last_time >= _HEARTBEAT_S:
+            record = empty_records(1)
+            record["kind"], record["exchange_id"], record["symbol_id"] = Kind.HEARTBEAT, self.exchange_id, ALL_SYMBOLS
+            record["receive_ts"] = now_ns
+            self.ring.write(record)
+            self.last_write_check = (written + 1, now)
+
+    async def _snapshot(self, request: SnapshotRequest) -> None:
+        try:
+            async with self.http.get(request.url) as response:
+                body = await response.read()
+                if response.status == 200:
+                    self.connector.on_snapshot(request.native_symbol, body, time.time_ns())
+                    return
+                retry_after = _retry_after(response.headers)
+                if response.status == 418:
+                    self.log.error(
+                        "rest_banned", url=request.url, retry_after_s=retry_after,
+                        hint="the exchange banned this IP for too many requests; lower the symbol count or snapshot depth",
+                    )
+                else:
+                    self.log.warning("snapshot_refused", url=request.url, status=response.status, retry_after_s=retry_after)
+                self.connector.on_snapshot_failed(request.native_symbol, time.time_ns(), retry_after)
+        except asyncio.CancelledError:
+            raise
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as error:
+            self.log.warning("snapshot_failed", url=request.url, error=str(error) or type(error).__name__)
+            self.connector.on_snapshot_failed(request.native_symbol, time.time_ns(), None)
+
+    async def _sleep(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self.stopping.wait(), seconds)
+        except asyncio.TimeoutError:
+            pass
+
+    async def teardown(self) -> None:
+        if (http := getattr(self, "http", None)) is not None:
+            await http.close()
+        if (ring := getattr(self, "ring", None)) is not None:
+            self._announce(Status.DISCONNECTED, Reason.SHUTDOWN)
+            ring.doorbell = None
+            ring.close()
+        if (doorbell := getattr(self, "doorbell", None)) is not None:
+            doorbell.close(linger=0)
+        if (context := getattr(self, "context", None)) is not None:
+            context.term()
+
+
+def _jittered(backoff: float) -> float:
+    """Equal jitter (half fixed, half random): reconnecting clients must not stampede together."""
+    return random.uniform(backoff / 2, backoff)
+
+
+def _retry_after(headers: "aiohttp.typedefs.LooseHeaders") -> float | None:
+    value = headers.get("Retry-After")
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+

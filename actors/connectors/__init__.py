@@ -1,0 +1,29 @@
+"""Exchange modules by name.
+
+Each module holds one venue's protocol in both directions and exposes two names:
+``CONNECTOR`` (a :class:`actors.connectors.base.Connector` subclass) and
+``SIMULATED_VENUE`` (a :class:`sim.venue.SimulatedVenue` subclass).
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+EXCHANGE_MODULES = {
+    "binance": "actors.connectors.binance",
+}
+
+
+class UnknownExchangeError(LookupError):
+    pass
+
+
+def load_exchange_module(name: str) -> ModuleType:
+    """The module of exchange ``name``; an unknown name lists the known ones."""
+    try:
+        module_name = EXCHANGE_MODULES[name]
+    except KeyError:
+        known = ", ".join(sorted(EXCHANGE_MODULES))
+        raise UnknownExchangeError(f"unknown exchange {name!r}; known exchanges: {known}") from None
+    return importlib.import_module(module_name)

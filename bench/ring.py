@@ -1,0 +1,497 @@
+"""Shared-memory ring vs multiprocessing.Queue vs ZeroMQ ipc PUSH/PULL, side by side.
+
+Each transport carries the same 64-byte records in the same batches (a seeded
+distribution of frame sizes like a Binance depth stream's) from one spawned producer
+process to one spawned consumer process, in the same run:
+
+- throughput: the producer sends ``--records`` records as fast as the transport lets it
+  (the ring's producer waits when the ring is full and counts those waits; the Queue is
+  bounded and ZeroMQ has its default high-water mark, so every transport has
+  backpressure), the consumer receives them all; wall time runs from the producer's
+  first send to the consumer's last receive. Repeated ``--repeats`` times, median kept.
+- latency: the producer stamps ``receive_ts = time.monotonic_ns()`` (one clock for every
+  process on Linux) into each batch just before sending it, at a fixed modest rate; the
+  consumer takes ``now - receive_ts`` on arrival. Per-record p50/p99/p99.9.
+
+The ring consumer never busy-spins: with nothing to read it spins for at most
+``--spin-us`` and then blocks on a pipe doorbell the producer rings only while the
+consumer has announced it is waiting (``Ring.prepare_to_wait``).
+
+Progress goes to stderr; the last stdout line is one JSON object with the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import platform
+import select
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from typing import Any
+
+import numpy as np
+import zmq
+
+from shm.records import RECORD_DTYPE, Kind, Side, empty_records
+from shm.ring import Ring
+from shm.segment import SegmentKind, segment_name, unlink_segment
+
+TRANSPORTS = ("ring", "queue", "zmq")
+DEFAULT_BATCH_MAX = 20
+POOL_RECORDS = 1 << 16
+QUEUE_MAXSIZE = 1000
+DOORBELL_TIMEOUT_S = 0.1
+WARMUP_BATCHES = 200
+
+
+def log(message: str) -> None:
+    print(f"[bench.ring] {message}", file=sys.stderr, flush=True)
+
+
+def batch_sizes(seed: int, count: int, batch_max: int) -> np.ndarray:
+    """Frame sizes uniform in 1..batch_max levels (Binance depth frames carry ~1-20 levels)."""
+    return np.random.default_rng(seed).integers(1, batch_max + 1, count)
+
+
+def sizes_for_records(seed: int, records: int, batch_max: int) -> np.ndarray:
+    """The seeded batch sizes, trimmed so they add up to exactly ``records``."""
+    mean = (1 + batch_max) / 2
+    sizes = batch_sizes(seed, int(records / mean * 1.2) + 16, batch_max)
+    ends = np.cumsum(sizes)
+    last = int(np.searchsorted(ends, records))
+    sizes = sizes[: last + 1].copy()
+    sizes[-1] -= int(ends[last]) - records
+    return sizes
+
+
+def record_pool() -> np.ndarray:
+    """Plausible level records to slice batches from (contents do not affect transport)."""
+    pool = empty_records(POOL_RECORDS)
+    index = np.arange(POOL_RECORDS)
+    pool["exchange_ts"] = 1_700_000_000_000_000_000 + index * 1_000_000
+    pool["price"] = 65_000.0 + (index % 200) * 0.1
+    pool["size"] = 0.001 * (index % 997)
+    pool["sequence"] = index
+    pool["symbol_id"] = 1
+    pool["exchange_id"] = 1
+    pool["kind"] = int(Kind.LEVEL)
+    pool["side"] = np.where(index % 2, int(Side.BID), int(Side.ASK))
+    return pool
+
+
+def batches(pool: np.ndarray, sizes: np.ndarray) -> list[np.ndarray]:
+    """Slices of the pool, one per batch, prepared before the clock starts."""
+    out, offset = [], 0
+    for size in sizes.tolist():
+        if offset + size > len(pool):
+            offset = 0
+        out.append(pool[offset : offset + size])
+        offset += size
+    return out
+
+
+# ---- transports: a sender and a receiver per kind -------------------------------------
+
+
+class RingSender:
+    """Producer side; when the ring is full it waits for room, counting each wait."""
+
+    def __init__(self, ring_name: str, doorbell_fd: int) -> None:
+        self.ring = Ring.attach(ring_name)
+        self.ring.become_producer()
+        os.set_blocking(doorbell_fd, False)
+        self._doorbell_fd = doorbell_fd
+        self.ring.doorbell = self._ring_doorbell
+        self.full_waits = 0
+
+    def _ring_doorbell(self) -> None:
+        try:
+            os.write(self._doorbell_fd, b"\x01")
+        except BlockingIOError:
+            pass  # pipe full: the consumer has wake-ups pending anyway
+
+    def send(self, batch: np.ndarray) -> None:
+        ring = self.ring
+        if ring.write(batch):
+            return
+        self.full_waits += 1
+        while ring.free() < len(batch):
+            time.sleep(0)
+        ring.write(batch)
+
+    def close(self) -> None:
+        self.ring.close()
+
+
+class RingReceiver:
+    """Consumer side: zero-copy chunks; a bounded spin, then a blocking doorbell wait."""
+
+    def __init__(self, ring_name: str, doorbell_fd: int, spin_ns: int) -> None:
+        self.ring = Ring.attach(ring_name)
+        self.ring.become_consumer()
+        os.set_blocking(doorbell_fd, False)
+        self._doorbell_fd = doorbell_fd
+        self._poller = select.poll()
+        self._poller.register(doorbell_fd, select.POLLIN)
+        self._spin_ns = spin_ns
+        self._pending = 0
+        self.sleeps = 0
+        self.timeouts = 0
+
+    def receive(self) -> np.ndarray:
+        ring = self.ring
+        if self._pending:
+            ring.commit(self._pending)
+            self._pending = 0
+        while True:
+            chunk = ring.read()
+            if len(chunk):
+                self._pending = len(chunk)
+                return chunk
+            if self._spin_ns:
+                deadline = time.monotonic_ns() + self._spin_ns
+                while not ring.available() and time.monotonic_ns() < deadline:
+                    pass
+                if ring.available():
+                    continue
+            if ring.prepare_to_wait():
+                self.sleeps += 1
+                if not self._poller.poll(DOORBELL_TIMEOUT_S * 1000):
+                    self.timeouts += 1
+                self._drain_doorbell()
+                ring.done_waiting()
+
+    def _drain_doorbell(self) -> None:
+        try:
+            while os.read(self._doorbell_fd, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def stats(self) -> dict[str, Any]:
+        stats = self.ring.stats()
+        return {"doorbell_sleeps": self.sleeps, "doorbell_timeouts": self.timeouts,
+                "dropped_records": stats["dropped_records"]}
+
+    def close(self) -> None:
+        if self._pending:
+            self.ring.commit(self._pending)
+        self.ring.close()
+
+
+class QueueSender:
+    """``multiprocessing.Queue`` carrying each batch's raw bytes (cheaper than pickling arrays)."""
+
+    full_waits = 0
+
+    def __init__(self, queue: Any) -> None:
+        self.queue = queue
+
+    def send(self, batch: np.ndarray) -> None:
+        self.queue.put(batch.tobytes())
+
+    def close(self) -> None:
+        self.queue.close()
+        self.queue.join_thread()
+
+
+class QueueReceiver:
+    def __init__(self, queue: Any) -> None:
+        self.queue = queue
+
+    def receive(self) -> np.ndarray:
+        return np.frombuffer(self.queue.get(), RECORD_DTYPE)
+
+    def stats(self) -> dict[str, Any]:
+        return {}
+
+    def close(self) -> None:
+        pass
+
+
+class ZmqSender:
+    """ZeroMQ PUSH over ipc://, one message per batch (the records' bytes)."""
+
+    full_waits = 0
+
+    def __init__(self, endpoint: str) -> None:
+        self.context = zmq.Context()
+        self.socket = self.context.socket(zmq.PUSH)
+        self.socket.connect(endpoint)
+
+    def send(self, batch: np.ndarray) -> None:
+        self.socket.send(batch)
+
+    def close(self) -> None:
+        self.socket.close(linger=1000)
+        self.context.term()
+
+
+class ZmqReceiver:
+    def __init__(self, endpoint: str) -> None:
+        self.context = zmq.Context()
+        self.socket = self.context.socket(zmq.PULL)
+        self.socket.bind(endpoint)
+
+    def receive(self) -> np.ndarray:
+        return np.frombuffer(self.socket.recv(), RECORD_DTYPE)
+
+    def stats(self) -> dict[str, Any]:
+        return {}
+
+    def close(self) -> None:
+        self.socket.close(linger=0)
+        self.context.term()
+
+
+def open_sender(kind: str, channel: dict[str, Any]) -> Any:
+    if kind == "ring":
+        return RingSender(channel["ring_name"], channel["doorbell_write"].fileno())
+    if kind == "queue":
+        return QueueSender(channel["queue"])
+    return ZmqSender(channel["endpoint"])
+
+
+def open_receiver(kind: str, channel: dict[str, Any], spin_ns: int) -> Any:
+    if kind == "ring":
+        return RingReceiver(channel["ring_name"], channel["doorbell_read"].fileno(), spin_ns)
+    if kind == "queue":
+        return QueueReceiver(channel["queue"])
+    return ZmqReceiver(channel["endpoint"])
+
+
+# ---- the two processes -------------------------------------------------------------
+
+
+def producer_main(kind: str, channel: dict[str, Any], plan: dict[str, Any], barrier: Any, results: Any) -> None:
+    """Throughput rounds, then the paced latency run; reports start times and waits."""
+    sender = open_sender(kind, channel)
+    pool = record_pool()
+    throughput_batches = batches(pool, plan["throughput_sizes"])
+    latency_batches = batches(pool, plan["latency_sizes"])
+    starts, full_waits = [], []
+    barrier.wait()  # the receiver is listening
+    for _ in range(plan["repeats"]):
+        barrier.wait()
+        waits_before = sender.full_waits
+        starts.append(time.monotonic_ns())
+        for batch in throughput_batches:
+            sender.send(batch)
+        full_waits.append(sender.full_waits - waits_before)
+    barrier.wait()
+    interval_ns = int(1e9 / plan["latency_rate"])
+    due = time.monotonic_ns()
+    for batch in latency_batches:
+        due += interval_ns
+        delay = due - time.monotonic_ns()
+        if delay > 0:
+            time.sleep(delay / 1e9)
+        batch["receive_ts"] = time.monotonic_ns()
+        sender.send(batch)
+    barrier.wait()  # everything was received
+    results.put(("producer", {"starts": starts, "full_waits": full_waits}))
+    sender.close()
+
+
+def consumer_main(kind: str, channel: dict[str, Any], plan: dict[str, Any], barrier: Any, results: Any) -> None:
+    """Receives every record of every round; reports end times and latency percentiles."""
+    receiver = open_receiver(kind, channel, plan["spin_ns"])
+    barrier.wait()
+    ends = []
+    total = int(plan["throughput_sizes"].sum())
+    for _ in range(plan["repeats"]):
+        barrier.wait()
+        received = 0
+        while received < total:
+            received += len(receiver.receive())
+        ends.append(time.monotonic_ns())
+    latency_sizes = plan["latency_sizes"]
+    latency_total = int(latency_sizes.sum())
+    warmup_records = int(latency_sizes[:WARMUP_BATCHES].sum())
+    latencies = np.empty(latency_total, np.int64)
+    barrier.wait()
+    cpu_before, wall_before = time.process_time(), time.monotonic()
+    received = 0
+    while received < latency_total:
+        chunk = receiver.receive()
+        now = time.monotonic_ns()
+        latencies[received : received + len(chunk)] = now - chunk["receive_ts"]
+        received += len(chunk)
+    cpu = time.process_time() - cpu_before
+    wall = time.monotonic() - wall_before
+    barrier.wait()
+    measured = latencies[warmup_records:] / 1000.0
+    results.put(
+        (
+            "consumer",
+            {
+                "ends": ends,
+                "latency_us": {
+                    "p50": round(float(np.percentile(measured, 50)), 1),
+                    "p99": round(float(np.percentile(measured, 99)), 1),
+                    "p99_9": round(float(np.percentile(measured, 99.9)), 1),
+                    "max": round(float(measured.max()), 1),
+                    "records": int(len(measured)),
+                },
+                "latency_consumer_cpu_fraction": round(cpu / wall, 3),
+                **receiver.stats(),
+            },
+        )
+    )
+    receiver.close()
+
+
+# ---- orchestration -----------------------------------------------------------------
+
+
+def run_transport(kind: str, plan: dict[str, Any], capacity: int, workdir: str) -> dict[str, Any]:
+    """One producer/consumer pair for ``kind``; returns its figures."""
+    context = mp.get_context("spawn")
+    channel: dict[str, Any] = {}
+    ring_name = None
+    if kind == "ring":
+        ring_name = segment_name(f"bench{os.getpid()}", SegmentKind.RING, "ring")
+        Ring.create(ring_name, capacity).close()
+        channel["ring_name"] = ring_name
+        channel["doorbell_read"], channel["doorbell_write"] = context.Pipe(duplex=False)
+    elif kind == "queue":
+        channel["queue"] = context.Queue(maxsize=QUEUE_MAXSIZE)
+    else:
+        channel["endpoint"] = f"ipc://{workdir}/zmq-{os.getpid()}"
+    barrier = context.Barrier(2)
+    results = context.Queue()
+    processes = [
+        context.Process(target=main, args=(kind, channel, plan, barrier, results), name=f"{kind}-{role}")
+        for role, main in (("consumer", consumer_main), ("producer", producer_main))
+    ]
+    try:
+        for process in processes:
+            process.start()
+        reports = dict(results.get(timeout=plan["timeout_s"]) for _ in processes)
+        for process in processes:
+            process.join(timeout=10)
+            if process.exitcode != 0:
+                raise RuntimeError(f"{process.name} exited with {process.exitcode}")
+    finally:
+        for process in processes:
+            if process.is_alive():
+                process.kill()
+                process.join()
+        if ring_name:
+            unlink_segment(ring_name)
+    producer, consumer = reports["producer"], reports["consumer"]
+    total = int(plan["throughput_sizes"].sum())
+    rates = [total / ((end - start) / 1e9) for start, end in zip(producer["starts"], consumer["ends"])]
+    figures = {
+        "records_per_s": round(statistics.median(rates)),
+        "records_per_s_each_round": [round(rate) for rate in rates],
+        "latency_us": consumer["latency_us"],
+        "latency_consumer_cpu_fraction": consumer["latency_consumer_cpu_fraction"],
+    }
+    if kind == "ring":
+        figures["producer_full_waits_each_round"] = producer["full_waits"]
+        figures["doorbell_sleeps"] = consumer["doorbell_sleeps"]
+        figures["doorbell_timeouts"] = consumer["doorbell_timeouts"]
+    return figures
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="about 10 s instead of about 60 s")
+    parser.add_argument("--records", type=int, help="records per throughput round")
+    parser.add_argument("--repeats", type=int, help="throughput rounds per transport (median kept)")
+    parser.add_argument("--latency-seconds", type=float, help="length of each paced latency run")
+    parser.add_argument("--latency-rate", type=int, default=3000, help="batches per second when measuring latency")
+    parser.add_argument("--capacity", type=int, default=1 << 14, help="ring capacity in records (power of two)")
+    parser.add_argument("--spin-us", type=float, default=50.0, help="ring consumer's bounded spin before blocking")
+    parser.add_argument("--batch-max", type=int, default=DEFAULT_BATCH_MAX, help="batch sizes are uniform in 1..this")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--transports", default=",".join(TRANSPORTS))
+    args = parser.parse_args(argv)
+    quick_defaults = {"records": 300_000, "repeats": 2, "latency_seconds": 1.0}
+    full_defaults = {"records": 1_500_000, "repeats": 3, "latency_seconds": 3.0}
+    for name, value in (quick_defaults if args.quick else full_defaults).items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    return args
+
+
+def ratio(numerator: float, denominator: float) -> float | None:
+    return round(numerator / denominator, 2) if denominator else None
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    transports = [kind for kind in args.transports.split(",") if kind]
+    latency_batch_count = int(args.latency_rate * args.latency_seconds)
+    plan = {
+        "throughput_sizes": sizes_for_records(args.seed, args.records, args.batch_max),
+        "latency_sizes": batch_sizes(args.seed + 1, latency_batch_count, args.batch_max),
+        "repeats": args.repeats,
+        "latency_rate": args.latency_rate,
+        "spin_ns": int(args.spin_us * 1000),
+        "timeout_s": 120.0,
+    }
+    workdir = tempfile.mkdtemp(prefix="coby-bench-ring-")
+    figures: dict[str, dict[str, Any]] = {}
+    try:
+        for kind in transports:
+            log(f"{kind}: {args.repeats} x {args.records} records, then {latency_batch_count} paced batches")
+            began = time.monotonic()
+            figures[kind] = run_transport(kind, plan, args.capacity, workdir)
+            log(
+                f"{kind}: {figures[kind]['records_per_s']:,} records/s, latency p50 "
+                f"{figures[kind]['latency_us']['p50']} us p99 {figures[kind]['latency_us']['p99']} us "
+                f"({time.monotonic() - began:.1f} s)"
+            )
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    report: dict[str, Any] = {
+        "bench": "ring",
+        "records_per_round": args.records,
+        "record_bytes": RECORD_DTYPE.itemsize,
+        "batch_sizes": f"uniform integer 1..{args.batch_max} records (numpy default_rng "
+        f"seed {args.seed}), mean {float(plan['throughput_sizes'].mean()):.2f}",
+        "throughput_rounds": args.repeats,
+        "latency_rate_batches_per_s": args.latency_rate,
+        "latency_batches": latency_batch_count,
+        "latency_clock": "time.monotonic_ns stamped into receive_ts just before send; per record",
+        "ring_capacity_records": args.capacity,
+        "ring_consumer": f"spin up to {args.spin_us:g} us on Ring.available(), then prepare_to_wait() and "
+        f"block on a pipe doorbell (poll, {DOORBELL_TIMEOUT_S * 1000:g} ms timeout); read()+commit zero-copy",
+        "ring_producer": "write(); when refused (ring full) waits with sleep(0) until free() fits, counted",
+        "queue": f"multiprocessing.Queue(maxsize={QUEUE_MAXSIZE}) of batch.tobytes()",
+        "zmq": f"pyzmq {zmq.__version__} PUSH/PULL ipc://, one message per batch, default HWM",
+        "host": {"cpus": os.cpu_count(), "python": platform.python_version(), "machine": platform.machine()},
+        "records_per_s": {kind: figures[kind]["records_per_s"] for kind in figures},
+        "latency_us": {kind: figures[kind]["latency_us"] for kind in figures},
+        "transports": figures,
+    }
+    if {"ring", "queue", "zmq"} <= figures.keys():
+        ring, queue, zmq_ = figures["ring"], figures["queue"], figures["zmq"]
+        report["throughput_ratio"] = {
+            "ring_over_queue": ratio(ring["records_per_s"], queue["records_per_s"]),
+            "ring_over_zmq": ratio(ring["records_per_s"], zmq_["records_per_s"]),
+        }
+        report["latency_ratio"] = {
+            f"ring_over_{other}_{percentile}": ratio(ring["latency_us"][percentile], theirs["latency_us"][percentile])
+            for other, theirs in (("queue", queue), ("zmq", zmq_))
+            for percentile in ("p50", "p99")
+        }
+        report["targets_met"] = {
+            "throughput_ring_ge_20x_queue": report["throughput_ratio"]["ring_over_queue"] >= 20,
+            "throughput_ring_ge_5x_zmq": report["throughput_ratio"]["ring_over_zmq"] >= 5,
+            "p99_ring_below_queue_and_zmq": ring["latency_us"]["p99"]
+            < min(queue["latency_us"]["p99"], zmq_["latency_us"]["p99"]),
+        }
+    return report
+
+
+if __name__ == "__main__":
+    print(json.dumps(main()))

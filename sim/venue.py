@@ -1,0 +1,59 @@
+"""What the simulator server needs from an exchange module's simulator side.
+
+The server (``sim.server``) owns sockets, the clock and fault injection; a venue only
+translates. Adding an exchange to the simulator means writing one
+:class:`SimulatedVenue` subclass in that exchange's module: its REST answers, how a
+WebSocket URL and client messages map to subscriptions, and how a market step is
+encoded as frames.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from typing import Any
+from dataclasses import dataclass, field
+
+from sim.market import Market, MarketStep
+
+
+@dataclass(frozen=True, slots=True)
+class HttpReply:
+    status: int
+    body: str
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+class VenueSession(ABC):
+    """One client WebSocket connection as the venue sees it (its subscriptions)."""
+
+    @abstractmethod
+    def on_client_message(self, text: str) -> list[str]:
+        """Replies to a client message (subscribe acks, errors, pongs)."""
+
+    @abstractmethod
+    def frames(self, encoded_step: Any) -> list[str]:
+        """This session's frames for a step encoded by :meth:`SimulatedVenue.encode_step`."""
+
+
+class SimulatedVenue(ABC):
+    """One exchange's wire format over the shared :class:`~sim.market.Market`."""
+
+    def __init__(self, market: Market, venue: str) -> None:
+        self.market = market
+        self.venue = venue
+
+    @abstractmethod
+    def http(self, path: str, query: Mapping[str, str]) -> HttpReply: ...
+
+    @abstractmethod
+    def is_snapshot_request(self, path: str) -> bool:
+        """Whether a REST path is a book snapshot (the target of snapshot faults)."""
+
+    @abstractmethod
+    def open_session(self, path: str) -> VenueSession | HttpReply:
+        """A session for a WebSocket request path (with query), or the HTTP refusal."""
+
+    @abstractmethod
+    def encode_step(self, step: MarketStep) -> Any:
+        """Encode this venue's events of a step once; sessions pick their frames from it."""

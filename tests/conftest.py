@@ -1,0 +1,90 @@
+"""Shared fixtures: an in-memory record sink and the recorded-traffic directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from shm.records import RECORD_DTYPE, Kind, Side
+from sim.recorded import recorded_dir
+
+
+class MemorySink:
+    """The ring's producer contract (``write``/``free``) over a list, with a settable capacity.
+
+    ``consume()`` plays the consumer: it frees the room. ``books()`` rebuilds each
+    symbol's book from the records the way the aggregator must (snapshots swapped in
+    whole, CLEAR drops a book), so a test can check what a consumer would see.
+    """
+
+    def __init__(self, capacity: int = 1 << 20) -> None:
+        self.capacity = capacity
+        self.batches: list[np.ndarray] = []
+        self.refused = 0
+        self._unconsumed = 0
+
+    def write(self, batch: np.ndarray) -> bool:
+        if len(batch) > self.free():
+            self.refused += 1
+            return False
+        self.batches.append(batch.copy())
+        self._unconsumed += len(batch)
+        return True
+
+    def free(self) -> int:
+        return self.capacity - self._unconsumed
+
+    def consume(self) -> None:
+        self._unconsumed = 0
+
+    def records(self) -> np.ndarray:
+        return np.concatenate(self.batches) if self.batches else np.empty(0, dtype=RECORD_DTYPE)
+
+    def of_kind(self, kind: Kind) -> np.ndarray:
+        records = self.records()
+        return records[records["kind"] == kind]
+
+    def books(self) -> dict[int, tuple[dict[float, float], dict[float, float]]]:
+        """symbol_id → (bids, asks) of every book a consumer would currently show."""
+        books: dict[int, tuple[dict[float, float], dict[float, float]]] = {}
+        building: dict[int, tuple[dict[float, float], dict[float, float]]] = {}
+        for record in self.records():
+            symbol = int(record["symbol_id"])
+            kind = record["kind"]
+            if kind == Kind.SNAPSHOT_BEGIN:
+                building[symbol] = ({}, {})
+            elif kind == Kind.SNAPSHOT_END:
+                books[symbol] = building.pop(symbol)
+            elif kind == Kind.CLEAR:
+                books.pop(symbol, None)
+            elif kind == Kind.LEVEL:
+                target = building.get(symbol) or books.get(symbol)
+                assert target is not None, f"LEVEL for symbol {symbol} with no book"
+                side = target[0] if record["side"] == Side.BID else target[1]
+                price = float(record["price"])
+                if record["size"]:
+                    side[price] = float(record["size"])
+                else:
+                    side.pop(price, None)
+        return books
+
+
+@pytest.fixture
+def memory_sink() -> MemorySink:
+    return MemorySink()
+
+
+@pytest.fixture(scope="session")
+def sink_factory() -> type[MemorySink]:
+    """``sink_factory(capacity)`` for tests that need a small ring to overflow."""
+    return MemorySink
+
+
+@pytest.fixture(scope="session")
+def recorded() -> Path:
+    directory = recorded_dir()
+    if directory is None:
+        pytest.skip("recorded traffic not found: set COBY_RECORDED_DIR or put it at ../shared/recorded")
+    return directory

@@ -1,0 +1,176 @@
+"""The whole engine against the simulator: kill -9 under load, recovery to the exact truth."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+
+from actors.connectors import load_exchange_module
+from actors.simulator import build_market
+from engine.client import attach
+from engine.config import Config
+from engine.supervisor import Supervisor, default_actor_specs
+from shm.records import Status
+from shm.registry import list_segments
+from sim.server import Simulator
+from tests.engine_support import engine_config, running, unique_instance, wait_for
+
+SYMBOLS = ["BTC/USDT", "ETH/USDT", "SOL/USDT"]
+
+
+class BackgroundSimulator:
+    """The simulator on its own event loop thread in the test process, so tests can read its truth."""
+
+    def __init__(self, config: Config, cadence_s: float) -> None:
+        self.market = build_market(config)
+        self.simulator = Simulator(self.market, cadence_s=cadence_s)
+        self.servers = {
+            name: self.simulator.add_venue(load_exchange_module(name).SIMULATED_VENUE(self.market))
+            for name in config.exchange_ids()
+        }
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.call(self.simulator.start())
+
+    def call(self, coroutine):
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(30)
+
+    async def _paused_truth(self, venue: str, symbol: str):
+        self.simulator.pause()
+        async with self.simulator._step_lock:
+            return self.market.truth(venue, symbol)
+
+    def paused_truth(self, venue: str, symbol: str):
+        """Pause the market after any step in flight and return that venue's exact book."""
+        return self.call(self._paused_truth(venue, symbol))
+
+    def resume(self) -> None:
+        self.loop.call_soon_threadsafe(self.simulator.resume)
+
+    def stop(self) -> None:
+        self.call(self.simulator.stop())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+def _watch_books(instance: str, seconds: float, results: "multiprocessing.Queue") -> None:
+    """A consumer process: read every book as fast as possible and count half-shown books."""
+    engine = attach(instance)
+    books = [engine.book(symbol) for symbol in SYMBOLS]
+    reads = violations = in_sync_reads = excluded_reads = 0
+    examples: list[str] = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        for handle in books:
+            book = handle.snapshot()
+            reads += 1
+            state = book.exchange("binance")
+            if state.status == Status.IN_SYNC:
+                in_sync_reads += 1
+                whole = (
+                    state.bid_levels >= 20
+                    and state.ask_levels >= 20
+                    and len(book.bid_price) == state.bid_levels
+                    and len(book.ask_price) == state.ask_levels
+                    and book.best_bid < book.best_ask
+                    and np.all(np.diff(book.bid_price) < 0)
+                    and np.all(np.diff(book.ask_price) > 0)
+                )
+            else:
+                excluded_reads += 1
+                whole = len(book.bid_price) == 0 and len(book.ask_price) == 0
+            if not whole:
+                violations += 1
+                if len(examples) < 5:
+                    examples.append(f"{handle.symbol} {state} levels {len(book.bid_price)}/{len(book.ask_price)}")
+    engine.close()
+    results.put({"reads": reads, "violations": violations, "in_sync": in_sync_reads, "excluded": excluded_reads, "examples": examples})
+
+
+def _e2e_config(instance: str, simulator: BackgroundSimulator | None = None, base: Config | None = None) -> Config:
+    overrides = {
+        "aggregator": {"publish_interval_ms": 5},
+        "exchanges": {"binance": {"symbols": SYMBOLS, "stale_after_s": 5.0, "reconnect_backoff_initial_s": 0.1}},
+        "simulator": {"update_interval_ms": 10},
+    }
+    if simulator is not None:
+        server = simulator.servers["binance"]
+        overrides["exchanges"]["binance"].update({"ws_url": server.ws_url, "rest_url": server.http_url})
+    return engine_config(instance, overrides)
+
+
+def test_kill_9_of_a_connector_under_load_is_excluded_resynced_and_never_shown_half() -> None:
+    instance = unique_instance("e2e")
+    simulator = BackgroundSimulator(_e2e_config(instance), cadence_s=0.01)
+    try:
+        config = _e2e_config(instance, simulator)
+        specs = [spec for spec in default_actor_specs(config) if spec.kind in ("connector", "aggregator")]
+        with running(Supervisor(config, specs)) as supervisor:
+            client = attach(instance)
+            in_sync = lambda: all(client.book(s).snapshot().exchange("binance").status == Status.IN_SYNC for s in SYMBOLS)
+            wait_for(in_sync, timeout_s=20, what="all books in sync")
+
+            results: multiprocessing.Queue = multiprocessing.get_context("spawn").Queue()
+            watcher = multiprocessing.get_context("spawn").Process(target=_watch_books, args=(instance, 8.0, results))
+            watcher.start()
+            time.sleep(2.0)  # the watcher is attached and reading while the market runs at 100 steps/s
+            victim = next(a["pid"] for a in supervisor.status()["actors"] if a["name"] == "connector:binance")
+            os.kill(victim, signal.SIGKILL)
+            killed_at = time.monotonic()
+            wait_for(
+                lambda: client.book("BTC/USDT").snapshot().exchange("binance").status != Status.IN_SYNC,
+                timeout_s=5,
+                what="binance excluded after the kill",
+            )
+            excluded_after = time.monotonic() - killed_at
+            wait_for(in_sync, timeout_s=20, what="re-synced after restart")
+            resynced_after = time.monotonic() - killed_at
+            watcher.join(30)
+            report = results.get(timeout=5)
+            assert report["violations"] == 0, report
+            assert report["in_sync"] > 100 and report["excluded"] > 0, report
+            assert excluded_after < 2.0
+            assert resynced_after < 15.0
+            restarted = next(a for a in supervisor.status()["actors"] if a["name"] == "connector:binance")
+            assert restarted["restarts"] == 1 and restarted["pid"] != victim
+
+            for symbol in SYMBOLS:
+                bids, asks = simulator.paused_truth("binance", symbol)
+                book = wait_for(
+                    lambda: (b := client.book(symbol).snapshot()).bid_price.tolist() == [p for p, _ in bids]
+                    and b.ask_price.tolist() == [p for p, _ in asks]
+                    and b,
+                    timeout_s=5,
+                    what=f"{symbol} equal to the simulator's truth",
+                )
+                assert book.bid_size.tolist() == [s for _, s in bids]
+                assert book.ask_size.tolist() == [s for _, s in asks]
+                simulator.resume()
+            client.close()
+    finally:
+        simulator.stop()
+
+
+def test_demo_runs_offline_prints_the_book_and_leaves_no_segment() -> None:
+    instance = unique_instance("demo")
+    result = subprocess.run(
+        [sys.executable, "-m", "engine.cli", "demo", "--seconds", "6", "--instance", instance],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=os.getcwd(),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.strip().splitlines()
+    assert lines[-1].startswith("demo ok: 6s, 3 symbols, 3/3 exchange books synced"), lines[-1]
+    assert any("BTC/USDT" in line and " bid " in line and "binance:in_sync" in line for line in lines)
+    assert list_segments(instance) == []
