@@ -21,9 +21,7 @@ is republished at most every ``aggregator.publish_interval_ms``.
 
 from __future__ import annotations
 
-import asyncio
 import time
-from typing import Any
 
 import numpy as np
 import psutil

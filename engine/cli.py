@@ -69,12 +69,14 @@ class _DemoPrinter:
         self.supervisor = supervisor
         self.next_print = time.monotonic() + 1.0
         self.ever_in_sync: set[tuple[str, str]] = set()
+        self.last_status = supervisor.status()
 
     def __call__(self) -> None:
         now = time.monotonic()
         if now < self.next_print:
             return
         self.next_print = now + 1.0
+        self.last_status = self.supervisor.status()
         for symbol in self.engine.symbols:
             book = self.engine.book(symbol).snapshot()
             states = book.exchange_states()
@@ -95,7 +97,8 @@ class _DemoPrinter:
             )
 
     def summary(self, seconds: float) -> tuple[str, bool]:
-        status = self.supervisor.status()
+        """The closing line, from the last state sampled while the engine ran."""
+        status = self.last_status
         records = sum(stats["written_records"] for stats in status["rings"].values())
         overflows = sum(stats["dropped_batches"] for stats in status["rings"].values())
         restarts = sum(actor["restarts"] for actor in status["actors"])
@@ -103,7 +106,7 @@ class _DemoPrinter:
         synced = len(wanted & self.ever_in_sync)
         ok = synced == len(wanted)
         line = (
-            f"demo {'ok' if ok else 'FAILED'}: {seconds:g}s, {len(self.engine.symbols)} symbols, "
+            f"demo {'ok' if ok else 'FAILED'}: {seconds:.0f}s, {len(self.engine.symbols)} symbols, "
             f"{synced}/{len(wanted)} exchange books synced, {records} records, "
             f"{overflows} ring overflows, {restarts} restarts"
         )
@@ -115,21 +118,19 @@ class _DemoPrinter:
 
 def command_demo(arguments: argparse.Namespace) -> int:
     config = demo_config(arguments.config, arguments.instance)
-    simulated = {name: {"ws_url": config.exchanges[name].ws_url, "rest_url": config.exchanges[name].rest_url} for name in config.exchange_ids()}
+    simulated = {
+        name: {"ws_url": config.exchanges[name].ws_url, "rest_url": config.exchanges[name].rest_url}
+        for name in config.exchange_ids()
+    }
     supervisor = Supervisor(
         config, default_actor_specs(config, with_simulator=True), extra_directory={"simulator": simulated}
     )
     supervisor.start()
     printer = _DemoPrinter(supervisor)
-    summary: list[tuple[str, bool]] = []
-
-    def tick() -> None:
-        printer()
-        summary[:] = [printer.summary(arguments.seconds)]
-
-    code = supervisor.run(duration_s=arguments.seconds, on_tick=tick)
+    started = time.monotonic()
+    code = supervisor.run(duration_s=arguments.seconds, on_tick=printer)
+    line, ok = printer.summary(time.monotonic() - started)
     printer.close()
-    line, ok = summary[0] if summary else ("demo FAILED: the engine stopped before it ran", False)
     print(line, flush=True)
     return code or (0 if ok else 1)
 

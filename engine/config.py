@@ -169,8 +169,8 @@ class EngineConfig(Section):
     instance: str = setting(
         "main",
         "Name of this engine instance; prefixes every shared-memory segment (`coby_<instance>_…`) so "
-        "several engines can share a host.",
-        _fullmatch(r"[a-z0-9_]{1,16}", "1 to 16 characters among a-z, 0-9 and _"),
+        "several engines can share a host. No `_`, so one instance's prefix never matches another's.",
+        _fullmatch(r"[a-z0-9]{1,16}", "1 to 16 characters among a-z and 0-9"),
     )
     log_level: Literal["debug", "info", "warning", "error"] = setting("info", "Lowest level of log record emitted.")
     log_format: Literal["console", "json"] = setting(

@@ -47,8 +47,10 @@ def list_segments(instance: str | None = None) -> list[str]:
 
 
 def _owner_alive(pid: int, start_ms: int) -> bool:
+    """Alive and the same process: a recycled pid or a zombie (dead, not yet reaped) is not."""
     try:
-        return int(psutil.Process(pid).create_time() * 1000) == start_ms
+        process = psutil.Process(pid)
+        return int(process.create_time() * 1000) == start_ms and process.status() != psutil.STATUS_ZOMBIE
     except (psutil.NoSuchProcess, psutil.ZombieProcess):
         return False
     except psutil.AccessDenied:

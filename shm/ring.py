@@ -4,9 +4,9 @@ Layout (after the 256-byte segment header; each control line on its own cache li
 producer and consumer never write the same line):
 
 - producer line: ``write_idx``, ``producer_pid``, ``producer_epoch``,
-  ``dropped_records``, ``dropped_batches``, ``high_water``
+  ``dropped_records``, ``dropped_batches``
 - consumer line: ``read_idx``, ``consumer_pid``, ``consumer_waiting``,
-  ``resnapshot_requests``
+  ``resnapshot_requests``, ``high_water`` (the largest backlog the consumer found)
 - ``capacity`` records (a power of two), indexed by ``idx & (capacity - 1)``.
 
 Indices are monotonically increasing 64-bit record counts, never wrapped, so
@@ -42,15 +42,15 @@ from shm.ordering import full_fence
 from shm.records import RECORD_DTYPE
 from shm.segment import CACHE_LINE, Segment, SegmentKind
 
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
 
 _CONTROL_SIZE = 2 * CACHE_LINE
 _Q = CACHE_LINE // 8  # uint64 slots per cache line
 
 # Producer line (uint64 slot indices).
-WRITE_IDX, PRODUCER_PID, PRODUCER_EPOCH, DROPPED_RECORDS, DROPPED_BATCHES, HIGH_WATER = range(6)
+WRITE_IDX, PRODUCER_PID, PRODUCER_EPOCH, DROPPED_RECORDS, DROPPED_BATCHES = range(5)
 # Consumer line.
-READ_IDX, CONSUMER_PID, CONSUMER_WAITING, RESNAPSHOT_REQUESTS = (_Q + i for i in range(4))
+READ_IDX, CONSUMER_PID, CONSUMER_WAITING, RESNAPSHOT_REQUESTS, HIGH_WATER = (_Q + i for i in range(5))
 
 _EMPTY = np.empty(0, dtype=RECORD_DTYPE)
 _RECORD_SIZE = RECORD_DTYPE.itemsize
@@ -82,6 +82,7 @@ class Ring:
         self._read = self._control[READ_IDX]
         self._seen_dropped = self._control[DROPPED_RECORDS]
         self._seen_resnapshot = self._control[RESNAPSHOT_REQUESTS]
+        self._read_seen = self._read
         self._high_water = self._control[HIGH_WATER]
         self.doorbell: Callable[[], None] | None = None
 
@@ -108,7 +109,7 @@ class Ring:
     def become_producer(self) -> None:
         """Claim the producer role (a restarted connector continues at ``write_idx``)."""
         self._write = self._control[WRITE_IDX]
-        self._high_water = self._control[HIGH_WATER]
+        self._read_seen = self._control[READ_IDX]
         self._seen_resnapshot = self._control[RESNAPSHOT_REQUESTS]
         self._control[PRODUCER_PID] = os.getpid()
         self._control[PRODUCER_EPOCH] += 1
@@ -123,11 +124,16 @@ class Ring:
         count = len(batch)
         write = self._write
         control = self._control
-        fill = write + count - control[READ_IDX]
-        if fill > self.capacity:
-            control[DROPPED_RECORDS] += count
-            control[DROPPED_BATCHES] += 1
-            return False
+        if write + count - self._read_seen > self.capacity:
+            # Reload the consumer's index only when the cached one says "full": reading its
+            # cache line on every write costs a cross-core transfer (measured in bench/ring.py).
+            self._read_seen = control[READ_IDX]
+            if write + count - self._read_seen > self.capacity:
+                if count > self.capacity:
+                    raise ValueError(f"a batch of {count} records can never fit a ring of {self.capacity}")
+                control[DROPPED_RECORDS] += count
+                control[DROPPED_BATCHES] += 1
+                return False
         data = np.frombuffer(batch, np.uint8)
         start = (write & self._mask) * _RECORD_SIZE
         end = start + count * _RECORD_SIZE
@@ -140,9 +146,6 @@ class Ring:
         write += count
         self._write = write
         control[WRITE_IDX] = write  # publish after the records (ordering point 2)
-        if fill > self._high_water:
-            self._high_water = fill
-            control[HIGH_WATER] = fill
         if self.doorbell is not None:
             full_fence()  # store write_idx → load consumer_waiting (ordering point 3)
             if control[CONSUMER_WAITING]:
@@ -162,6 +165,7 @@ class Ring:
     def become_consumer(self) -> None:
         self._read = self._control[READ_IDX]
         self._seen_dropped = self._control[DROPPED_RECORDS]
+        self._high_water = self._control[HIGH_WATER]
         self._control[CONSUMER_PID] = os.getpid()
 
     def available(self) -> int:
@@ -176,11 +180,17 @@ class Ring:
         available = self._control[WRITE_IDX] - self._read  # load index before records
         if available == 0:
             return _EMPTY
+        self._note_backlog(available)
         start = self._read & self._mask
         count = min(available, self.capacity - start)
         if max_records is not None:
             count = min(count, max_records)
         return self.records[start : start + count]
+
+    def _note_backlog(self, available: int) -> None:
+        if available > self._high_water:
+            self._high_water = available
+            self._control[HIGH_WATER] = available
 
     def commit(self, count: int) -> None:
         """Hand ``count`` records back to the producer."""
@@ -190,10 +200,11 @@ class Ring:
     def drain(self, max_records: int | None = None) -> np.ndarray:
         """Copy out and commit everything available (both sides of the wrap)."""
         available = self.available()
-        if max_records is not None:
-            available = min(available, max_records)
         if available == 0:
             return _EMPTY
+        self._note_backlog(available)
+        if max_records is not None:
+            available = min(available, max_records)
         start = self._read & self._mask
         end = start + available
         if end <= self.capacity:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Iterable
 
 from aiohttp import web
@@ -87,7 +88,8 @@ class VenueServer:
         self.ws_port = ws_port
         self.http_port = http_port
         self.faults = VenueFaults()
-        self.http_requests: list[tuple[float, str]] = []  # (loop time, path and query) of every request
+        # (loop time, path and query) of the latest requests, for tests and diagnostics
+        self.http_requests: deque[tuple[float, str]] = deque(maxlen=10_000)
         self.connections_accepted = 0
         self._sessions: dict[ServerConnection, VenueSession] = {}
         self._opening: dict[ServerConnection, VenueSession] = {}

@@ -1,14 +1,50 @@
-"""Shared fixtures: an in-memory record sink and the recorded-traffic directory."""
+"""Shared fixtures: an in-memory record sink, the recorded-traffic directory, unique
+shared-memory instances and spawned helper processes that never outlive a test."""
 
 from __future__ import annotations
 
+import multiprocessing as mp
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from shm.records import RECORD_DTYPE, Kind, Side
+from shm.registry import list_segments
+from shm.segment import unlink_segment
 from sim.recorded import recorded_dir
+
+
+@pytest.fixture
+def instance() -> Iterator[str]:
+    """A unique instance name; its segments are removed afterwards, even on failure."""
+    name = f"t{os.getpid()}{uuid.uuid4().hex[:8]}"
+    yield name
+    for segment in list_segments(name):
+        unlink_segment(segment)
+
+
+@pytest.fixture
+def spawn() -> Iterator[Callable[..., BaseProcess]]:
+    """Start functions in fresh ``spawn`` processes; any still running at the end are killed."""
+    context = mp.get_context("spawn")
+    started: list[BaseProcess] = []
+
+    def start(target: Callable[..., None], *args: object) -> BaseProcess:
+        process = context.Process(target=target, args=args, daemon=True)
+        process.start()
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        if process.is_alive():
+            process.kill()
+        process.join(timeout=10)
 
 
 class MemorySink:

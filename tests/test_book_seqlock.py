@@ -9,19 +9,13 @@ without the seqlock protocol and must catch the writer half-way.
 from __future__ import annotations
 
 import multiprocessing as mp
-import os
 import queue
 import time
-import uuid
-from collections.abc import Callable, Iterator
-from multiprocessing.process import BaseProcess
 
 import numpy as np
-import pytest
 
 from shm.book import BookReader, BookWriter, book_slot_dtype
-from shm.registry import list_segments
-from shm.segment import SegmentKind, segment_name, unlink_segment
+from shm.segment import SegmentKind, segment_name
 
 DEPTH = 400
 EXCHANGES = 16
@@ -29,34 +23,6 @@ SLOTS = 2
 READ_SECONDS = 2.5
 # Maintained by BookWriter itself, not by the pattern.
 MANAGED_FIELDS = {"seq", "generation", "publish_ts"}
-
-
-@pytest.fixture
-def instance() -> Iterator[str]:
-    """A unique instance name; its segments are removed afterwards, even on failure."""
-    name = f"t{os.getpid()}b{uuid.uuid4().hex[:8]}"
-    yield name
-    for segment in list_segments(name):
-        unlink_segment(segment)
-
-
-@pytest.fixture
-def spawn() -> Iterator[Callable[..., BaseProcess]]:
-    """Start functions in fresh ``spawn`` processes; any still running at the end are killed."""
-    context = mp.get_context("spawn")
-    started: list[BaseProcess] = []
-
-    def start(target: Callable[..., None], *args: object) -> BaseProcess:
-        process = context.Process(target=target, args=args, daemon=True)
-        process.start()
-        started.append(process)
-        return process
-
-    yield start
-    for process in started:
-        if process.is_alive():
-            process.kill()
-        process.join(timeout=10)
 
 
 class BookPattern:
@@ -213,7 +179,7 @@ def test_seqlock_readers_never_accept_a_torn_book(instance, spawn):
     for mode, report in reports.items():
         assert report["torn"] == 0, f"{mode} reader accepted {report['torn']} torn books"
         assert report["reads"] > 1000, f"{mode} reader made only {report['reads']} reads"
-        assert report["distinct_generations"] > 100, f"{mode} reader saw the writer stand still"
+        assert report["distinct_generations"] > 50, f"{mode} reader saw the writer stand still"
     assert published > 1000
 
 

@@ -1,14 +1,18 @@
-"""The command line's failure paths: one clear line, a non-zero exit, never a traceback."""
+"""The command line against real engines: failure paths (one clear line, a non-zero exit, never
+a traceback) and status, restart, bus subscriptions and shutdown of a running demo."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
 import sys
+import time
 
-from shm.registry import list_segments
-from tests.engine_support import unique_instance
+from engine.client import attach
+from shm.registry import list_segments, read_directory
+from tests.engine_support import unique_instance, wait_for
 
 
 def coby(*arguments: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -66,3 +70,73 @@ def test_busy_port_stops_start_up_and_leaves_nothing_behind() -> None:
 def test_status_without_a_running_engine_says_so() -> None:
     result = coby("status", "--instance", unique_instance("cli"))
     assert_one_clear_line(result, "is running")
+
+
+def test_status_restart_bus_and_shutdown_against_a_running_demo() -> None:
+    instance = unique_instance("cli")
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "engine.cli", "demo", "--seconds", "60", "--instance", instance],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        cwd=os.getcwd(),
+    )
+    try:
+        wait_for(lambda: list_segments(instance) and _directory_ready(instance), timeout_s=30, what="demo started")
+        engine = attach(instance)
+        wait_for(
+            lambda: engine.book("BTC/USDT").snapshot().exchange("binance").status.name == "IN_SYNC",
+            timeout_s=30,
+            what="binance in sync",
+        )
+        result = coby("status", "--json", "--instance", instance)
+        assert result.returncode == 0, result.stderr
+        status = json.loads(result.stdout)
+        actors = {actor["name"]: actor for actor in status["actors"]}
+        assert set(actors) == {"simulator", "connector:binance", "aggregator"}
+        for actor in actors.values():
+            assert actor["state"] == "running" and actor["pid"] > 0 and actor["restarts"] == 0
+            assert actor["heartbeat_age_s"] < 3.0 and actor["rss_bytes"] > 10 * 2**20
+            assert actor["cpu_percent"] >= 0.0
+        ring = status["rings"]["binance"]
+        assert ring["capacity"] == 262144 and ring["written_records"] > 0 and ring["dropped_batches"] == 0
+        table = coby("status", "--instance", instance)
+        assert table.returncode == 0 and "connector:binance" in table.stdout and "fill %" in table.stdout
+
+        books = list(_take(engine.subscribe(["book.BTC/USDT"], timeout_ms=5000), 3))
+        assert all(topic == "book.BTC/USDT" and message["best_bid"] < message["best_ask"] for topic, message in books)
+        trades = list(_take(engine.subscribe(["trade."], timeout_ms=10000), 1))
+        assert trades and trades[0][1]["exchange"] == "binance" and trades[0][1]["size"] > 0
+
+        statuses = engine.subscribe(["status.binance"], timeout_ms=15000)
+        next_status = iter(statuses)
+        time.sleep(0.3)  # let the subscription reach the forwarder
+        assert coby("restart", "connector:binance", "--instance", instance).returncode == 0
+        seen = [message["status"] for _, message in _take(next_status, 12)]
+        assert "in_sync" in seen and any(state != "in_sync" for state in seen), seen
+        assert coby("restart", "nope", "--instance", instance).returncode == 1
+
+        engine.close()
+        assert coby("shutdown", "--instance", instance).returncode == 0
+        output, _ = demo.communicate(timeout=60)
+        assert "exchange books synced" in output.strip().splitlines()[-1]
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait(10)
+    assert list_segments(instance) == []
+
+
+def _directory_ready(instance: str) -> bool:
+    try:
+        read_directory(instance)
+        return True
+    except (FileNotFoundError, RuntimeError):
+        return False
+
+
+def _take(messages, count: int):
+    for index, message in enumerate(messages):
+        yield message
+        if index + 1 >= count:
+            return

@@ -7,50 +7,17 @@ window it accepted (``valid()``) is made of exactly the rows it claims, in order
 from __future__ import annotations
 
 import multiprocessing as mp
-import os
 import time
-import uuid
-from collections.abc import Callable, Iterator
-from multiprocessing.process import BaseProcess
 
 import numpy as np
 import pytest
 
 from shm.features import FeatureReader, FeatureWriter
-from shm.registry import list_segments
-from shm.segment import SegmentKind, segment_name, unlink_segment
+from shm.segment import SegmentKind, segment_name
 
 ROWS = 256
 WIDTH = 16
 READ_SECONDS = 2.5
-
-
-@pytest.fixture
-def instance() -> Iterator[str]:
-    """A unique instance name; its segments are removed afterwards, even on failure."""
-    name = f"t{os.getpid()}f{uuid.uuid4().hex[:8]}"
-    yield name
-    for segment in list_segments(name):
-        unlink_segment(segment)
-
-
-@pytest.fixture
-def spawn() -> Iterator[Callable[..., BaseProcess]]:
-    """Start functions in fresh ``spawn`` processes; any still running at the end are killed."""
-    context = mp.get_context("spawn")
-    started: list[BaseProcess] = []
-
-    def start(target: Callable[..., None], *args: object) -> BaseProcess:
-        process = context.Process(target=target, args=args, daemon=True)
-        process.start()
-        started.append(process)
-        return process
-
-    yield start
-    for process in started:
-        if process.is_alive():
-            process.kill()
-        process.join(timeout=10)
 
 
 def row_values(sequences: np.ndarray) -> np.ndarray:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import time
-import uuid
-from collections.abc import Iterator
 
 import pytest
 
@@ -15,17 +13,7 @@ from shm.book import BookReader, BookWriter
 from shm.features import FeatureReader
 from shm.registry import list_segments, read_directory, sweep, write_directory
 from shm.ring import Ring, ring_payload_size
-from shm.segment import SHM_DIR, LayoutMismatch, Segment, SegmentKind, segment_name, unlink_segment
-
-
-@pytest.fixture
-def instance() -> Iterator[str]:
-    """A unique instance name; segments of it (and of names built on it) are removed afterwards."""
-    name = f"t{os.getpid()}g{uuid.uuid4().hex[:8]}"
-    yield name
-    for segment in list_segments():
-        if segment.startswith(f"coby_{name}"):
-            unlink_segment(segment)
+from shm.segment import SHM_DIR, LayoutMismatch, Segment, SegmentKind, segment_name
 
 
 def wait_for_event(event) -> None:
@@ -117,7 +105,7 @@ def test_attaching_the_wrong_kind_fails_loudly(instance):
 def test_attaching_another_layout_version_fails_loudly(instance):
     name = segment_name(instance, SegmentKind.RING, "future")
     Segment.create(name, SegmentKind.RING, 99, ring_payload_size(16), params=(16, 64)).close()
-    with pytest.raises(LayoutMismatch, match=r"layout version 99, this code reads version 1"):
+    with pytest.raises(LayoutMismatch, match=r"layout version 99, this code reads version 2"):
         Ring.attach(name)
 
 
@@ -163,3 +151,18 @@ def test_directory_being_written_or_missing_says_so(instance):
     with pytest.raises(RuntimeError, match="still starting"):
         read_directory(instance)
     empty.close()
+
+
+def test_a_dead_owner_not_yet_reaped_is_dead(instance):
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    Ring.create(segment_name(instance, SegmentKind.RING, "zombie"), 16, owner_pid=child.pid).close()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and open(f"/proc/{child.pid}/stat").read().split(")")[1].split()[0] != "Z":
+        time.sleep(0.02)
+    try:
+        assert sweep(instance) == [segment_name(instance, SegmentKind.RING, "zombie")]
+    finally:
+        child.wait()

@@ -48,6 +48,16 @@ def test_a_killed_actor_is_restarted_and_its_peers_are_untouched() -> None:
         assert actor_status(supervisor, "idle-b")["restarts"] == 0
 
 
+def test_nice_and_cpu_affinity_from_config_are_applied_to_the_actor_process() -> None:
+    config = engine_config(unique_instance("sup"), {"actors": {"aggregator": {"nice": 7, "cpu_affinity": [0]}}})
+    supervisor = Supervisor(config, [spec("idle", "IdleActor")])
+    with running(supervisor):
+        pid = wait_for(lambda: (s := actor_status(supervisor, "idle"))["state"] == "running" and s["pid"], what="running")
+        process = psutil.Process(pid)
+        assert process.nice() == 7
+        assert process.cpu_affinity() == [0]
+
+
 def test_a_live_actor_whose_heartbeat_stops_is_killed_and_restarted() -> None:
     config = engine_config(unique_instance("sup"))
     supervisor = Supervisor(config, [spec("stuck", "StuckActor")])
