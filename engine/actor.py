@@ -4,9 +4,10 @@ An actor is a class with ``setup`` / ``run`` / ``teardown`` coroutines, run in i
 OS process (started with ``spawn``: event loops and ZeroMQ contexts do not survive
 ``fork``) on a uvloop event loop. The base gives it:
 
-- SIGTERM / SIGINT → :meth:`Actor.request_stop`: ``run`` is expected to return soon after
+- SIGTERM → :meth:`Actor.request_stop`: ``run`` is expected to return soon after
   ``self.stopping`` is set (it is also cancelled after the shutdown timeout), then
-  ``teardown`` always runs.
+  ``teardown`` always runs. SIGINT (Ctrl-C) does the same for an actor run by hand and is
+  left to the supervisor for supervised ones.
 - a heartbeat: a counter in the supervisor's actor table bumped from the event loop, so a
   live process whose loop is stuck looks dead to the supervisor;
 - orphan protection: if the supervisor dies (even by ``kill -9``) the actor stops itself
@@ -97,8 +98,13 @@ async def _heartbeat(actor: Actor, table: ActorTable | None, interval: float, pa
 
 async def _lifecycle(actor: Actor, table: ActorTable | None, parent_pid: int) -> int:
     loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, actor.request_stop)
+    loop.add_signal_handler(signal.SIGTERM, actor.request_stop)
+    if table is None:
+        loop.add_signal_handler(signal.SIGINT, actor.request_stop)
+    else:
+        # Ctrl-C reaches the whole process group: the supervisor handles it and stops
+        # its actors with SIGTERM in order, instead of each actor dying on its own.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     supervisor_config = actor.config.supervisor
     beat = asyncio.create_task(_heartbeat(actor, table, supervisor_config.heartbeat_interval_s, parent_pid))
     code = 0

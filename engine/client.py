@@ -12,10 +12,10 @@
     for topic, message in engine.subscribe(["book.BTC/USDT", "status."]):
         ...
 
-Everything read from shared memory is a read-only numpy array (PyTorch:
-``torch.from_numpy(array.copy())``, or share the view with ``torch.from_numpy`` after
-``array.setflags(write=True)`` is refused — tensors over read-only memory must be copied).
-Layout versions are checked on attach; a mismatch raises ``LayoutMismatch``.
+Everything read from shared memory is a read-only numpy array. ``torch.from_numpy`` shares
+such an array without copying (PyTorch warns that it is not writable: never write to that
+tensor); take ``torch.from_numpy(array.copy())`` for a tensor of your own. Layout versions
+are checked on attach; a mismatch raises ``LayoutMismatch``.
 """
 
 from __future__ import annotations

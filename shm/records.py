@@ -16,7 +16,9 @@ Book semantics, which every producer follows and the aggregator relies on:
   failure, crossed book, stale stream, reconnect, ring overflow; ``reason`` says
   which). The consumer drops the book and excludes it until the next snapshot.
 - ``STATUS``: connection-level state for an exchange (``aux`` holds a ``Status``),
-  ``symbol_id`` is ``ALL_SYMBOLS`` when it applies to every symbol.
+  ``symbol_id`` is ``ALL_SYMBOLS`` when it applies to every symbol. Any state but
+  IN_SYNC makes the consumer drop the books it applies to; IN_SYNC is informational,
+  since a book becomes trusted only through ``SNAPSHOT_END``.
 - ``TRADE``: one trade; ``side`` is the aggressor side, ``aux`` the exchange trade id.
 - ``HEARTBEAT``: liveness when the market is quiet; carries the exchange timestamp.
 
