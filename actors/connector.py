@@ -205,7 +205,7 @@ class ConnectorActor(Actor):
             if self.ring.take_resnapshot_request():
                 self.log.info("resend_requested", hint="the aggregator restarted; re-sending every book")
                 self.connector.request_full_resend()
-            for request in self.connector.snapshot_requests(now_ns):
+            for request in self.connector.snapshot_requests(time.monotonic_ns()):
                 task = asyncio.create_task(self._snapshot(request))
                 self.snapshots_in_flight.add(task)
                 task.add_done_callback(self.snapshots_in_flight.discard)
@@ -256,12 +256,12 @@ class ConnectorActor(Actor):
                     )
                 else:
                     self.log.warning("snapshot_refused", url=request.url, status=response.status, retry_after_s=retry_after)
-                self.connector.on_snapshot_failed(request.native_symbol, time.time_ns(), retry_after)
+                self.connector.on_snapshot_failed(request.native_symbol, time.monotonic_ns(), retry_after)
         except asyncio.CancelledError:
             raise
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as error:
             self.log.warning("snapshot_failed", url=request.url, error=str(error) or type(error).__name__)
-            self.connector.on_snapshot_failed(request.native_symbol, time.time_ns(), None)
+            self.connector.on_snapshot_failed(request.native_symbol, time.monotonic_ns(), None)
 
     async def _sleep(self, seconds: float) -> None:
         try:

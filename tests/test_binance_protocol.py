@@ -260,7 +260,9 @@ def test_snapshot_older_than_the_first_buffered_event_is_fetched_again(memory_si
     assert (counters.stale_snapshots, counters.snapshots) == (1, 0)
     assert connector.feeds["BNBBTC"].state == SyncState.BUFFERING
     assert Kind.SNAPSHOT_BEGIN not in kinds(memory_sink.records())
-    retry_at = NOW + int(connector.snapshot_retry_initial_s * SECOND)
+    first_poll = NOW + 1  # the backoff counts from here: the first monotonic time the module sees
+    assert connector.snapshot_requests(first_poll) == []
+    retry_at = first_poll + int(connector.snapshot_retry_initial_s * SECOND)
     assert connector.snapshot_requests(retry_at - 1) == []
     assert [request.native_symbol for request in connector.snapshot_requests(retry_at)] == ["BNBBTC"]
     connector.on_snapshot("BNBBTC", snapshot(203, [("0.0024", "10")], [("0.0026", "100")]), retry_at)

@@ -167,10 +167,9 @@ class RuntimeStandIn:
 
     async def _timer(self) -> None:
         while True:
-            now = time.time_ns()
-            for request in self.connector.snapshot_requests(now):
+            for request in self.connector.snapshot_requests(time.monotonic_ns()):
                 self._tasks.append(asyncio.create_task(self._fetch(request.native_symbol, request.url)))
-            self.connector.flush(now)
+            self.connector.flush(time.time_ns())
             await asyncio.sleep(0.005)
 
     async def _fetch(self, native_symbol: str, url: str) -> None:
@@ -179,13 +178,13 @@ class RuntimeStandIn:
                 body = await response.read()
                 retry_after = response.headers.get("Retry-After")
         except aiohttp.ClientError:
-            self.connector.on_snapshot_failed(native_symbol, time.time_ns())
+            self.connector.on_snapshot_failed(native_symbol, time.monotonic_ns())
             return
         if response.status == 200:
             self.connector.on_snapshot(native_symbol, body, time.time_ns())
         else:
             retry_after_s = float(retry_after) if retry_after else None
-            self.connector.on_snapshot_failed(native_symbol, time.time_ns(), retry_after_s)
+            self.connector.on_snapshot_failed(native_symbol, time.monotonic_ns(), retry_after_s)
 
 
 @dataclass

@@ -5,7 +5,10 @@ A connector module never opens a socket and never reads a clock: the IO runtime
 bytes and nanosecond timestamps. Everything here is therefore testable by feeding
 recorded or crafted frames.
 
-How the runtime drives a :class:`Connector` (all timestamps are ``time.time_ns()``):
+How the runtime drives a :class:`Connector`. Two clocks: ``snapshot_requests`` and
+``on_snapshot_failed`` take ``time.monotonic_ns()`` (they schedule; the wall clock may be
+slewed or stepped — on our CI host it runs 0.5% fast — and a Retry-After honoured on it
+can expire early); every other timestamp is ``time.time_ns()`` (it stamps records):
 
 1. ``GET connector.instruments_url``; pass the body to ``connector.load_instruments(body)``.
 2. ``connector.connection_plan()`` lists one :class:`ConnectionSpec` per WebSocket
@@ -19,10 +22,10 @@ How the runtime drives a :class:`Connector` (all timestamps are ``time.time_ns()
    ``stale_after_s``: ``connector.on_close(i, now, reason)`` (``Reason.DISCONNECTED``
    or ``Reason.STALE_STREAM``); its books are cleared.
 6. Every few milliseconds: for each :class:`SnapshotRequest` in
-   ``connector.snapshot_requests(now)``, ``GET request.url`` and answer with
+   ``connector.snapshot_requests(monotonic_now)``, ``GET request.url`` and answer with
    ``connector.on_snapshot(request.native_symbol, body, now)`` or, on any failure,
-   ``connector.on_snapshot_failed(request.native_symbol, now, retry_after_s)`` (pass the
-   ``Retry-After`` seconds of a 429). Every request must be answered one way or the
+   ``connector.on_snapshot_failed(request.native_symbol, monotonic_now, retry_after_s)``
+   (pass the ``Retry-After`` seconds of a 429). Every request must be answered one way or the
    other; the connector schedules retries with backoff itself.
 7. On the same timer: ``connector.flush(now)``. After a refused ring write (ring full)
    the connector owes the consumer a full snapshot of every book; ``flush`` writes them
@@ -629,6 +632,8 @@ class SyncState(IntEnum):
     LIVE = 3  # snapshot published; deltas applied and written as they come
 
 
+_NOW = 0  # a snapshot due at monotonic time 0 is due at the next poll
+
 # Reading an enum member costs ~125 ns on Python 3.11, a module global ~20 ns: the
 # per-frame paths use these.
 _BUFFERING = SyncState.BUFFERING
@@ -654,6 +659,7 @@ class SymbolFeed:
         "last_id",
         "bridged",
         "snapshot_due_ns",
+        "snapshot_delay_ns",
         "snapshot_in_flight",
         "snapshot_failures_in_row",
         "resend_pending",
@@ -671,7 +677,8 @@ class SymbolFeed:
         self.buffer: list[Delta] = []
         self.last_id = 0  # snapshot id, then last_id of the last applied delta
         self.bridged = False  # a delta has been applied on top of the snapshot
-        self.snapshot_due_ns: int | None = None  # when to fetch a snapshot; None: not wanted
+        self.snapshot_due_ns: int | None = None  # monotonic ns to fetch a snapshot at; None: not wanted
+        self.snapshot_delay_ns: int | None = None  # a retry delay not yet anchored to the monotonic clock
         self.snapshot_in_flight = False
         self.snapshot_failures_in_row = 0
         self.resend_pending = False
@@ -811,7 +818,7 @@ class RestSeededConnector(Connector):
         feeds = list(feeds)
         for feed in feeds:
             self._reset(feed, SyncState.BUFFERING)
-            feed.snapshot_due_ns = now_ns
+            feed.snapshot_due_ns = _NOW
         self._write_status(feeds, Status.SYNCING, Reason.NONE, now_ns)
 
     def on_close(self, connection: int, now_ns: int, reason: Reason = Reason.DISCONNECTED) -> None:
@@ -833,6 +840,7 @@ class RestSeededConnector(Connector):
         feed.last_id = 0
         feed.bridged = False
         feed.snapshot_due_ns = None
+        feed.snapshot_delay_ns = None
         feed.snapshot_failures_in_row = 0
         feed.expected_tops.clear()
 
@@ -964,7 +972,7 @@ class RestSeededConnector(Connector):
         was_published = feed.state == SyncState.LIVE
         self._reset(feed, SyncState.BUFFERING)
         feed.counters.resyncs += 1
-        feed.snapshot_due_ns = now_ns
+        feed.snapshot_due_ns = _NOW
         if was_published and feed.records.clear(reason, Status.RESYNCING, now_ns):
             feed.resend_pending = False
         self._after_write()
@@ -1013,7 +1021,11 @@ class RestSeededConnector(Connector):
 
     def snapshot_requests(self, now_ns: int) -> list[SnapshotRequest]:
         """Snapshots to fetch now, within the in-flight limit, the per-minute budget and
-        any Retry-After pause."""
+        any Retry-After pause. ``now_ns`` is monotonic (``time.monotonic_ns()``)."""
+        for feed in self.feeds.values():
+            if feed.snapshot_delay_ns is not None:
+                feed.snapshot_due_ns = now_ns + feed.snapshot_delay_ns
+                feed.snapshot_delay_ns = None
         if now_ns < self._snapshots_paused_until_ns:
             return []
         recent = self._snapshot_request_times
@@ -1034,6 +1046,7 @@ class RestSeededConnector(Connector):
         return requests
 
     def on_snapshot_failed(self, native_symbol: str, now_ns: int, retry_after_s: float | None = None) -> None:
+        """A snapshot request failed; ``now_ns`` is monotonic (``time.monotonic_ns()``)."""
         feed = self.feeds.get(native_symbol)
         if feed is None:
             return
@@ -1041,15 +1054,22 @@ class RestSeededConnector(Connector):
         feed.counters.snapshot_failures += 1
         if retry_after_s is not None:  # a rate limit holds for every request, not one symbol
             self._snapshots_paused_until_ns = max(self._snapshots_paused_until_ns, now_ns + int(retry_after_s * 1e9))
-        self._retry_snapshot(feed, now_ns, retry_after_s)
+        delay_ns = self._retry_delay_ns(feed, retry_after_s)
+        if delay_ns is not None:
+            feed.snapshot_due_ns = now_ns + delay_ns
 
-    def _retry_snapshot(self, feed: SymbolFeed, now_ns: int, retry_after_s: float | None = None) -> None:
+    def _retry_delay_ns(self, feed: SymbolFeed, retry_after_s: float | None = None) -> int | None:
+        """The backoff before the next attempt (None: the feed no longer wants a snapshot)."""
         if feed.state != SyncState.BUFFERING:
-            return
+            return None
         backoff = min(self.snapshot_retry_max_s, self.snapshot_retry_initial_s * 2**feed.snapshot_failures_in_row)
         feed.snapshot_failures_in_row += 1
-        delay = max(backoff, retry_after_s or 0.0)
-        feed.snapshot_due_ns = now_ns + int(delay * 1e9)
+        return int(max(backoff, retry_after_s or 0.0) * 1e9)
+
+    def _retry_snapshot_later(self, feed: SymbolFeed) -> None:
+        """Retry after the backoff, counted from the next :meth:`snapshot_requests` poll:
+        only there does the module see the monotonic clock (receive stamps are wall time)."""
+        feed.snapshot_delay_ns = self._retry_delay_ns(feed)
 
     def on_snapshot(self, native_symbol: str, body: str | bytes, receive_ts: int) -> None:
         feed = self.feeds.get(native_symbol)
@@ -1063,7 +1083,7 @@ class RestSeededConnector(Connector):
             snapshot_id, bids, asks = self.parse_snapshot(body)
         except (ValueError, KeyError, TypeError):
             counters.parse_errors += 1
-            self._retry_snapshot(feed, receive_ts)
+            self._retry_snapshot_later(feed)
             return
         rule = self.sync_rule
         buffer = feed.buffer
@@ -1073,7 +1093,7 @@ class RestSeededConnector(Connector):
         if stale < len(buffer) and not rule.bridges(buffer[stale][0], buffer[stale][1], snapshot_id):
             # The snapshot is older than the first delta we hold: ask again, keep buffering.
             counters.stale_snapshots += 1
-            self._retry_snapshot(feed, receive_ts)
+            self._retry_snapshot_later(feed)
             return
         book = feed.book
         book.load(bids, asks)
