@@ -116,6 +116,25 @@ def test_status_restart_bus_and_shutdown_against_a_running_demo() -> None:
         assert "in_sync" in seen and any(state != "in_sync" for state in seen), seen
         assert coby("restart", "nope", "--instance", instance).returncode == 1
 
+        refused = coby("actor", "aggregator", "--instance", instance)
+        assert refused.returncode == 2 and "coby stop aggregator" in refused.stderr
+        assert coby("stop", "aggregator", "--instance", instance).returncode == 0
+        held = engine.book("BTC/USDT").generation
+        time.sleep(0.5)
+        assert engine.book("BTC/USDT").generation == held, "the held aggregator publishes nothing"
+        by_hand = subprocess.Popen(
+            [sys.executable, "-m", "engine.cli", "actor", "aggregator", "--instance", instance],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            cwd=os.getcwd(),
+        )
+        try:
+            wait_for(lambda: engine.book("BTC/USDT").generation > held + 5, timeout_s=20, what="hand-run aggregator publishing")
+        finally:
+            by_hand.terminate()
+            assert by_hand.wait(20) == 0
+        assert coby("start", "aggregator", "--instance", instance).returncode == 0
+
         engine.close()
         assert coby("shutdown", "--instance", instance).returncode == 0
         output, _ = demo.communicate(timeout=60)
