@@ -135,8 +135,9 @@ class Supervisor:
             raise
 
     def _refuse_if_running(self) -> None:
+        """Called right after the sweep: a directory still there has a live owner."""
         owner = segment_owner(directory_name(self.instance))
-        if owner is not None and psutil.pid_exists(owner):
+        if owner is not None:
             raise StartupError(
                 f"coby instance {self.instance!r} is already running (supervisor pid {owner}): "
                 f"stop it with 'coby shutdown', or set engine.instance (COBY_ENGINE__INSTANCE) to run another"
@@ -236,9 +237,9 @@ class Supervisor:
                 if deadline is not None and time.monotonic() >= deadline:
                     break
         finally:
+            self.shutdown()  # our handlers stay in place: a second Ctrl-C must not cut the clean-up short
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-            self.shutdown()
         return self.exit_code
 
     def _on_signal(self, signum: int, frame: object) -> None:

@@ -14,7 +14,7 @@ import pytest
 
 from engine import control
 from engine.actor import ActorSpec
-from engine.supervisor import ESCALATED_EXIT_CODE, Supervisor
+from engine.supervisor import ESCALATED_EXIT_CODE, StartupError, Supervisor
 from shm.actor_table import ActorTable
 from shm.registry import list_segments, read_directory, segment_owner, sweep
 from shm.segment import unlink_segment
@@ -184,3 +184,16 @@ def test_a_new_supervisor_sweeps_orphans_before_starting(supervisor_process) -> 
         wait_for(lambda: actor_status(supervisor, "idle")["state"] == "running", what="running")
         assert {segment_owner(name) for name in list_segments(instance)} == {os.getpid()}
     assert list_segments(instance) == []
+
+
+def test_a_second_supervisor_of_a_running_instance_is_refused_and_disturbs_nothing() -> None:
+    config = engine_config(unique_instance("sup"))
+    first = Supervisor(config, [spec("idle", "IdleActor")])
+    with running(first):
+        wait_for(lambda: actor_status(first, "idle")["state"] == "running", what="running")
+        segments = list_segments(config.engine.instance)
+        second = Supervisor(config, [spec("idle", "IdleActor")])
+        with pytest.raises(StartupError, match="already running"):
+            second.start()
+        assert list_segments(config.engine.instance) == segments
+        assert control.request(first.control_endpoint, "status")["ok"]
