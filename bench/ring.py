@@ -44,12 +44,13 @@ from typing import Any
 import numpy as np
 import zmq
 
+import shm.ring
 from shm.records import RECORD_DTYPE, Kind, Side, empty_records
 from shm.ring import Ring
 from shm.segment import SegmentKind, segment_name, unlink_segment
 
-TRANSPORTS = ("ring", "ring_nospin", "queue", "zmq")
-RING_KINDS = ("ring", "ring_nospin")
+TRANSPORTS = ("ring", "ring_python", "ring_nospin", "queue", "zmq")
+RING_KINDS = ("ring", "ring_python", "ring_nospin")
 DEFAULT_BATCH_MAX = 20
 POOL_RECORDS = 1 << 16
 QUEUE_MAXSIZE = 1000
@@ -285,6 +286,8 @@ class ZmqReceiver:
 
 def open_sender(kind: str, channel: dict[str, Any]) -> Any:
     if kind in RING_KINDS:
+        if kind == "ring_python":
+            shm.ring._fastring = None  # this producer process only: the pure-Python write path
         return RingSender(channel["ring_name"], channel["doorbell_write"].fileno())
     if kind == "queue":
         return QueueSender(channel["queue"])
@@ -293,7 +296,8 @@ def open_sender(kind: str, channel: dict[str, Any]) -> Any:
 
 def open_receiver(kind: str, channel: dict[str, Any], spin_ns: int) -> Any:
     if kind in RING_KINDS:
-        return RingReceiver(channel["ring_name"], channel["doorbell_read"].fileno(), spin_ns if kind == "ring" else 0)
+        spin = 0 if kind == "ring_nospin" else spin_ns
+        return RingReceiver(channel["ring_name"], channel["doorbell_read"].fileno(), spin)
     if kind == "queue":
         return QueueReceiver(channel["queue"])
     return ZmqReceiver(channel["endpoint"])
@@ -329,7 +333,8 @@ def producer_main(kind: str, channel: dict[str, Any], plan: dict[str, Any], barr
                 batch["receive_ts"] = time.monotonic_ns()
                 sender.send(batch)
         barrier.wait()  # the consumer has everything
-    results.put((kind, "producer", {"starts": starts, "full_waits": full_waits}))
+    write_path = sender.ring.write_path if kind in RING_KINDS else None
+    results.put((kind, "producer", {"starts": starts, "full_waits": full_waits, "write_path": write_path}))
     sender.close()
 
 
@@ -458,6 +463,7 @@ def run_all(kinds: list[str], plan: dict[str, Any], capacity: int, workdir: str)
             "latency_consumer_cpu_fraction": consumer["latency_consumer_cpu_fraction"],
         }
         if kind in RING_KINDS:
+            figures[kind]["write_path"] = producer["write_path"]
             figures[kind]["producer_full_waits_each_round"] = producer["full_waits"]
             figures[kind]["doorbell_sleeps"] = consumer["doorbell_sleeps"]
             figures[kind]["doorbell_timeouts"] = consumer["doorbell_timeouts"]
@@ -580,9 +586,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "schedule": "all pairs started up front, phases interleaved across transports one pair at a time",
         "ring_capacity_records": args.capacity,
         "ring_consumer": f"read()+commit zero-copy; when empty, spin up to {args.spin_us:g} us on available() "
-        f"(ring_nospin: no spin), then prepare_to_wait() and block on a pipe doorbell (poll, "
+        f"(ring_nospin: no spin; ring_python: the pure-Python producer), then prepare_to_wait() and block on a pipe doorbell (poll, "
         f"{DOORBELL_TIMEOUT_S * 1000:g} ms timeout)",
-        "ring_producer": "write(); if refused (full), sleep(0) until free() fits, then write again (counted)",
+        "ring_producer": "Ring.write (the C producer of shm/_fastring.c when built; see write_path); if refused "
+        "(full), sleep(0) until free() fits, then write again (counted)",
         "queue": f"multiprocessing.Queue(maxsize={QUEUE_MAXSIZE}) of batch.tobytes()",
         "zmq": f"pyzmq {zmq.__version__} PUSH/PULL ipc://, one message per batch, default HWM",
         "host": {

@@ -23,6 +23,11 @@ seqlocked book slots, feature rows) rest on these facts, each relied on where no
    the consumer would sleep on a wake-up nobody sends; the consumer's bounded doorbell
    timeout is the second line of defence.
 
+The ring's producer has a C implementation (``shm/_fastring.c``, used when the optional
+extension was built) that states the same protocol with C11 atomics: a release store of
+``write_idx`` after the records and a seq_cst fence before loading ``consumer_waiting``.
+The consumers, books and feature rows remain Python and rely on the points above.
+
 On weakly ordered CPUs (aarch64, POWER) point 2 does not hold; :data:`STRONG_ORDERING`
 is False there and the engine refuses to start its shared-memory actors rather than
 risk torn books (``check_platform``).

@@ -26,6 +26,10 @@ Contracts:
   ``consumer_waiting = 1``, fences, re-checks, then sleeps on its doorbell; a producer
   stores ``write_idx``, fences, and rings only if the consumer is waiting
   (``shm.ordering`` point 3). The doorbell itself is the owner's business (a callable).
+- **Two producer implementations, one protocol.** ``shm/_fastring.c`` (an optional C
+  extension, used by :meth:`Ring.become_producer` when it was built) and the Python
+  :meth:`Ring.write` below write the same layout the same way; the C one uses C11
+  release stores and a seq_cst fence. ``COBY_PURE_PYTHON_RING=1`` forces the Python one.
 - **Consumer restarts.** A new consumer has lost its state; it calls
   :meth:`request_resnapshot`, which skips what is queued and asks the producer (who
   checks :meth:`take_resnapshot_request`) for fresh snapshots of every book.
@@ -41,6 +45,13 @@ import numpy as np
 from shm.ordering import full_fence
 from shm.records import RECORD_DTYPE
 from shm.segment import CACHE_LINE, Segment, SegmentKind
+
+try:
+    from shm import _fastring
+except ImportError:  # built without a C compiler: the pure-Python producer below is used
+    _fastring = None
+if os.environ.get("COBY_PURE_PYTHON_RING"):
+    _fastring = None
 
 LAYOUT_VERSION = 2
 
@@ -84,7 +95,8 @@ class Ring:
         self._seen_resnapshot = self._control[RESNAPSHOT_REQUESTS]
         self._read_seen = self._read
         self._high_water = self._control[HIGH_WATER]
-        self.doorbell: Callable[[], None] | None = None
+        self._doorbell: Callable[[], None] | None = None
+        self._fast: "_fastring.Producer | None" = None
 
     @classmethod
     def create(cls, name: str, capacity: int, owner_pid: int | None = None) -> "Ring":
@@ -107,12 +119,37 @@ class Ring:
     # ---- producer side -------------------------------------------------------------
 
     def become_producer(self) -> None:
-        """Claim the producer role (a restarted connector continues at ``write_idx``)."""
+        """Claim the producer role (a restarted connector continues at ``write_idx``).
+
+        With the C extension, ``write`` and ``free`` become the C producer's own methods:
+        one call per batch (~0.3 µs) instead of ~1 µs of Python bookkeeping.
+        """
         self._write = self._control[WRITE_IDX]
         self._read_seen = self._control[READ_IDX]
         self._seen_resnapshot = self._control[RESNAPSHOT_REQUESTS]
         self._control[PRODUCER_PID] = os.getpid()
         self._control[PRODUCER_EPOCH] += 1
+        if _fastring is not None:
+            self._fast = _fastring.Producer(self.segment.payload, self.capacity, RECORD_DTYPE)
+            self._fast.doorbell = self._doorbell
+            self.write = self._fast.write
+            self.free = self._fast.free
+
+    @property
+    def doorbell(self) -> Callable[[], None] | None:
+        """Called after a write when the consumer has announced it is going to sleep."""
+        return self._doorbell
+
+    @doorbell.setter
+    def doorbell(self, ring: Callable[[], None] | None) -> None:
+        self._doorbell = ring
+        if self._fast is not None:
+            self._fast.doorbell = ring
+
+    @property
+    def write_path(self) -> str:
+        """Which producer implementation this handle writes with: "c" or "python"."""
+        return "c" if self._fast is not None else "python"
 
     def free(self) -> int:
         return self.capacity - (self._write - self._control[READ_IDX])
@@ -146,10 +183,10 @@ class Ring:
         write += count
         self._write = write
         control[WRITE_IDX] = write  # publish after the records (ordering point 2)
-        if self.doorbell is not None:
+        if self._doorbell is not None:
             full_fence()  # store write_idx → load consumer_waiting (ordering point 3)
             if control[CONSUMER_WAITING]:
-                self.doorbell()
+                self._doorbell()
         return True
 
     def take_resnapshot_request(self) -> bool:
@@ -257,6 +294,9 @@ class Ring:
         }
 
     def close(self) -> None:
+        self.__dict__.pop("write", None)
+        self.__dict__.pop("free", None)
+        self._fast = None
         self._control.release()
         self._bytes.release()
         self.records = None

@@ -17,6 +17,7 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
+import shm.ring
 from shm.records import RECORD_DTYPE, empty_records
 from shm.ring import Ring
 from shm.segment import SegmentKind, segment_name
@@ -24,8 +25,25 @@ from shm.segment import SegmentKind, segment_name
 GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
+@pytest.fixture(autouse=True, params=["c", "python"])
+def write_path(request, monkeypatch) -> str:
+    """Every test runs against both producers: the C extension and the pure-Python one
+    (spawned producer processes inherit the choice through the environment)."""
+    if request.param == "c":
+        if shm.ring._fastring is None:
+            pytest.skip("the C ring extension is not built here (no compiler at install)")
+        monkeypatch.delenv("COBY_PURE_PYTHON_RING", raising=False)
+    else:
+        monkeypatch.setattr(shm.ring, "_fastring", None)
+        monkeypatch.setenv("COBY_PURE_PYTHON_RING", "1")
+    return request.param
+
+
 def new_ring(instance: str, capacity: int, name: str = "test") -> Ring:
-    return Ring.create(segment_name(instance, SegmentKind.RING, name), capacity)
+    """A ring whose handle holds the producer role, as a connector's does."""
+    ring = Ring.create(segment_name(instance, SegmentKind.RING, name), capacity)
+    ring.become_producer()
+    return ring
 
 
 def records_for(counters: np.ndarray) -> np.ndarray:
@@ -149,7 +167,6 @@ def test_full_ring_refuses_the_whole_batch_and_the_consumer_hears_once(instance)
 
 def test_resnapshot_request_skips_the_queue_and_reaches_the_producer_once(instance):
     producer = new_ring(instance, 64)
-    producer.become_producer()
     consumer = Ring.attach(producer.name)
     consumer.become_consumer()
     assert producer.write(counted_records(0, 5))
@@ -497,3 +514,9 @@ def test_no_wake_up_is_lost_between_the_check_and_the_sleep(instance, spawn, req
     assert producer.exitcode == 0
     doorbell_read.close()
     ring.close()
+
+
+def test_the_chosen_producer_is_the_one_writing(instance, write_path):
+    ring = new_ring(instance, 16)
+    assert ring.write_path == write_path
+    assert ring.write(counted_records(0, 3)) and ring.free() == 13
