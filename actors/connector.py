@@ -26,18 +26,23 @@ import asyncio
 import random
 import time
 
+from dataclasses import asdict
+
 import aiohttp
 import websockets
 import zmq
+import zmq.asyncio
 
 from actors.connectors import load_exchange_module
 from actors.connectors.base import ConnectionAction, ConnectionSpec, Connector, SnapshotRequest
 from engine.actor import Actor
+from engine.bus import Publisher
 from shm.records import ALL_SYMBOLS, Kind, Reason, Status, empty_records
 from shm.ring import Ring
 
 _TIMER_S = 0.02
 _HEARTBEAT_S = 1.0
+_COUNTERS_S = 1.0
 _MAX_FRAME_BYTES = 16 * 2**20
 
 
@@ -75,7 +80,11 @@ class ConnectorActor(Actor):
             stale_after_s=self.settings.stale_after_s,
             **urls,
         )
+        if self.settings.max_streams_per_connection < self.connector.streams_per_connection:
+            self.connector.streams_per_connection = self.settings.max_streams_per_connection
         self.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.settings.rest_timeout_s))
+        self.bus_context = zmq.asyncio.Context()
+        self.publisher = Publisher(self.bus_context, directory["endpoints"]["bus_publish"])
         self.snapshots_in_flight: set[asyncio.Task[None]] = set()
         self.background: set[asyncio.Task[None]] = set()
         self.open_sockets: dict[int, tuple[websockets.ClientConnection, float]] = {}
@@ -100,7 +109,7 @@ class ConnectorActor(Actor):
         await self._load_instruments()
         if self.stopping.is_set():
             return
-        missing = getattr(self.connector, "missing_symbols", [])
+        missing = self.connector.missing_symbols
         if missing:
             self.log.error(
                 "symbols_not_listed",
@@ -110,6 +119,7 @@ class ConnectorActor(Actor):
         plan = self.connector.connection_plan()
         tasks = [asyncio.create_task(self._connection(index, spec)) for index, spec in enumerate(plan)]
         tasks.append(asyncio.create_task(self._timer()))
+        tasks.append(asyncio.create_task(self._publish_counters()))
         try:
             await self.stopping.wait()
         finally:
@@ -228,6 +238,22 @@ class ConnectorActor(Actor):
                 self.background.add(closing)
                 closing.add_done_callback(self.background.discard)
 
+    async def _publish_counters(self) -> None:
+        """``counters.<exchange>`` on the bus every second (``coby status`` shows them)."""
+        while True:
+            await asyncio.sleep(_COUNTERS_S)
+            self.publisher.publish(f"counters.{self.exchange}", self.counters())
+
+    def counters(self) -> dict:
+        """Per-symbol and per-connection counters of the exchange module, plus the ring's."""
+        listed = [symbol for symbol in self.settings.symbols if symbol not in self.connector.missing_symbols]
+        return {
+            "exchange": self.exchange,
+            "symbols": {symbol: asdict(self.connector.counters(symbol)) for symbol in listed},
+            "connections": [asdict(counters) for counters in self.connector.connection_counters],
+            "ring": self.ring.stats(),
+        }
+
     def _heartbeat(self, now_ns: int) -> None:
         written = self.ring.stats()["written_records"]
         last_written, last_time = self.last_write_check
@@ -278,6 +304,9 @@ class ConnectorActor(Actor):
             ring.close()
         if (doorbell := getattr(self, "doorbell", None)) is not None:
             doorbell.close(linger=0)
+        if (publisher := getattr(self, "publisher", None)) is not None:
+            publisher.close()
+            self.bus_context.term()
         if (context := getattr(self, "context", None)) is not None:
             context.term()
 

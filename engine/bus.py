@@ -10,7 +10,9 @@ A message is two frames: the topic (UTF-8) and a msgpack map. Topics (prefix mat
 - ``book.<SYMBOL>``     consolidated top of book after a publish (shared memory has the rest)
 - ``trade.<SYMBOL>``    one trade, with its exchange
 - ``status.<EXCHANGE>`` an exchange's connection/book state changed
-- ``engine.<event>``    supervisor events (actor started/died/restarted)
+- ``counters.<EXCHANGE>`` every second from each connector: per-symbol and per-connection
+  counters (frames, levels applied, snapshots, resyncs, gaps, parse errors, dropped
+  frames, last exchange timestamp, receive lag) and its ring's fill and overflows
 
 Later actors add ``features.<SYMBOL>`` and ``signal.<SYMBOL>.<kind>``. Symbols appear in
 their canonical form (``BTC/USDT``), so ``book.BTC/`` matches every BTC book.

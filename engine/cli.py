@@ -163,6 +163,17 @@ def command_status(arguments: argparse.Namespace) -> int:
             f"{exchange:<22}{ring['fill']:>10}{ring['capacity']:>10}{ring['fill_ratio'] * 100:>8.2f}"
             f"{ring['dropped_batches']:>10}{ring['written_records']:>12}"
         )
+    print(
+        f"{'exchange symbol':<30}{'frames':>9}{'applied':>9}{'levels':>10}{'snaps':>7}{'resyncs':>8}"
+        f"{'gaps':>6}{'errors':>7}{'lag ms':>8}"
+    )
+    for exchange, report in reply.get("exchanges", {}).items():
+        for symbol, counters in report["symbols"].items():
+            print(
+                f"{exchange + ' ' + symbol:<30}{counters['frames']:>9}{counters['frames_applied']:>9}"
+                f"{counters['levels_applied']:>10}{counters['snapshots']:>7}{counters['resyncs']:>8}"
+                f"{counters['gaps']:>6}{counters['parse_errors']:>7}{counters['receive_lag_ns'] / 1e6:>8.1f}"
+            )
     return 0
 
 

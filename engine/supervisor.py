@@ -107,8 +107,10 @@ class Supervisor:
         self.rings: dict[str, Ring] = {}
         self.directory: dict[str, Any] = {}
         self.exit_code = 0
+        self.exchange_counters: dict[str, dict[str, Any]] = {}
         self._context = zmq.Context()
         self._control: zmq.Socket | None = None
+        self._counters: zmq.Socket | None = None
         self._forwarder: bus.Forwarder | None = None
         self._stop_requested = False
         self._started_at = time.monotonic()
@@ -152,6 +154,10 @@ class Supervisor:
         self.control_endpoint = bus.bind(self._control, endpoints.control)
         self._forwarder = bus.Forwarder(self._context, endpoints.bus_publish, endpoints.bus_subscribe)
         self._forwarder.start()
+        self._counters = bus.Subscriber(self._context, self._forwarder.subscribe_endpoint, ["counters."]).socket
+        self._poller = zmq.Poller()
+        self._poller.register(self._control, zmq.POLLIN)
+        self._poller.register(self._counters, zmq.POLLIN)
         self.doorbell_endpoint = f"ipc://{runtime}/doorbell-aggregator"
 
     def _create_segments(self) -> None:
@@ -229,8 +235,11 @@ class Supervisor:
         deadline = None if duration_s is None else time.monotonic() + duration_s
         try:
             while not self._stop_requested:
-                if self._control.poll(50):
+                ready = dict(self._poller.poll(50))
+                if self._control in ready:
                     self._answer_control()
+                if self._counters in ready:
+                    self._take_counters()
                 self._watch_children()
                 if on_tick is not None:
                     on_tick()
@@ -330,6 +339,19 @@ class Supervisor:
         slot["restarts"] = child.restarts
         self.log.warning("actor_died", child=child.spec.name, how=how, restart_in_s=round(delay, 2))
 
+    def _take_counters(self) -> None:
+        """Keep the newest ``counters.<exchange>`` of every connector for ``status``."""
+        while True:
+            try:
+                frames = self._counters.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                topic, message = bus.decode(frames)
+                self.exchange_counters[topic.removeprefix("counters.")] = message
+            except (ValueError, UnicodeDecodeError, IndexError) as error:
+                self.log.warning("bad_counters_message", error=str(error))
+
     def _sample_resources(self) -> None:
         for child in self.children.values():
             if child.psutil_process is None:
@@ -425,6 +447,7 @@ class Supervisor:
             "uptime_s": round(now - self._started_at, 3),
             "actors": actors,
             "rings": rings,
+            "exchanges": self.exchange_counters,
         }
 
     # ---- stop ------------------------------------------------------------------------
@@ -442,6 +465,9 @@ class Supervisor:
                 child.process.kill()
                 child.process.join(5)
             child.state = ActorState.STOPPED
+        if self._counters is not None:
+            self._counters.close(linger=0)
+            self._counters = None
         if self._forwarder is not None:
             self._forwarder.stop()
             self._forwarder = None

@@ -89,9 +89,13 @@ def test_status_restart_bus_and_shutdown_against_a_running_demo() -> None:
             timeout_s=30,
             what="binance in sync",
         )
-        result = coby("status", "--json", "--instance", instance)
-        assert result.returncode == 0, result.stderr
-        status = json.loads(result.stdout)
+        def status_with_counters():
+            result = coby("status", "--json", "--instance", instance)
+            assert result.returncode == 0, result.stderr
+            reply = json.loads(result.stdout)
+            return reply if reply.get("exchanges", {}).get("binance") else None
+
+        status = wait_for(status_with_counters, timeout_s=10, what="connector counters in status")
         actors = {actor["name"]: actor for actor in status["actors"]}
         assert set(actors) == {"simulator", "connector:binance", "aggregator"}
         for actor in actors.values():
@@ -100,8 +104,13 @@ def test_status_restart_bus_and_shutdown_against_a_running_demo() -> None:
             assert actor["cpu_percent"] >= 0.0
         ring = status["rings"]["binance"]
         assert ring["capacity"] == 262144 and ring["written_records"] > 0 and ring["dropped_batches"] == 0
+        counters = status["exchanges"]["binance"]["symbols"]["BTC/USDT"]
+        assert counters["frames"] > 0 and counters["snapshots"] >= 1 and counters["levels_applied"] > 0
+        assert counters["gaps"] == 0 and counters["parse_errors"] == 0
+        assert status["exchanges"]["binance"]["connections"][0]["frames"] > 0
         table = coby("status", "--instance", instance)
         assert table.returncode == 0 and "connector:binance" in table.stdout and "fill %" in table.stdout
+        assert "binance BTC/USDT" in table.stdout
 
         books = list(_take(engine.subscribe(["book.BTC/USDT"], timeout_ms=5000), 3))
         assert all(topic == "book.BTC/USDT" and message["best_bid"] < message["best_ask"] for topic, message in books)
