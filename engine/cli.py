@@ -3,6 +3,7 @@
     coby run                  the engine against the live exchanges in config.yaml
     coby demo [--seconds N]   the whole engine against the local simulator, offline
     coby status [--json]      each actor's pid, state, restarts, heartbeat, CPU, RSS; ring fill
+    coby verify PATH...       recorded exchange traffic through the real connector code path
     coby restart|stop|start ACTOR, coby shutdown, coby sweep, coby actor NAME
 
 Every failure a user can cause (bad config, busy port, instance already running, no
@@ -192,6 +193,12 @@ def command_sweep(arguments: argparse.Namespace) -> int:
     return 0
 
 
+def command_verify(arguments: argparse.Namespace) -> int:
+    from engine import verify
+
+    return verify.main(arguments.paths)
+
+
 def command_actor(arguments: argparse.Namespace) -> int:
     """Run one actor in the foreground against a running instance, for debugging."""
     from engine.actor import ActorSpec, actor_main
@@ -245,6 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
     command("shutdown", command_control, "stop a running engine gracefully")
     command("sweep", command_sweep, "remove shared-memory segments whose supervisor is dead")
     command("actor", command_actor, "run one actor in the foreground against a running engine").add_argument("name")
+    verify = command("verify", command_verify, "replay recorded exchange traffic through the connectors (offline)")
+    verify.add_argument("paths", nargs="+", help="recorded files, or directories of them")
     return parser
 
 

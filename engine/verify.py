@@ -1,0 +1,234 @@
+"""``coby verify``: recorded exchange traffic through the real connector code path.
+
+A recording (``../shared/recorded/README.md`` format, or what ``coby record`` writes) is
+one exchange's files: ``EXCHANGE.0`` (REST metadata and the ``configuration:`` line),
+``EXCHANGE.http.N.0`` (REST snapshots) and ``EXCHANGE.ws.N.0`` (one websocket connection
+each). Replaying it drives the exchange module exactly as the connector actor does —
+instruments, open, every frame in receive order, snapshot requests — with no network:
+
+- websocket file ``k`` (in ``N`` order) is the module's connection ``k``;
+- a REST snapshot request is answered with the recorded response for the same symbol
+  (not the same URL: recordings come from other hosts and API versions), at the moment
+  the recording received it, so frames that arrived before it are buffered as live;
+- an exchange module whose live protocol differs from the recorded generation names the
+  constructor arguments that select the recorded one in ``RECORDED_OPTIONS``.
+
+Each recording yields one JSON object; the run fails (exit 1) if any checksum failed, a
+gap was found, a frame could not be parsed or the venue's own top of book (Binance
+``bookTicker``) disagreed with the rebuilt book.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from actors.connectors import load_exchange_module
+from shm.records import Kind
+from sim.recorded import LineKind, RecordedLine, read_recorded
+
+# Recording file prefixes (the names the recordings keep) → coby exchange names.
+RECORDED_NAMES = {
+    "BINANCE": "binance",
+    "BINANCE_FUTURES": "binance_futures",
+    "COINBASE": "coinbase",
+    "KRAKEN": "kraken",
+    "HUOBI": "htx",
+    "HTX": "htx",
+    "BITFINEX": "bitfinex",
+    "OKX": "okx",
+    "BYBIT": "bybit",
+    "KUCOIN": "kucoin",
+    "BITSTAMP": "bitstamp",
+    "GATEIO": "gateio",
+}
+_FILE_NAME = re.compile(r"^(?P<prefix>[A-Z_]+)\.(?:(?P<kind>http|ws)\.(?P<number>\d+)\.)?0$")
+
+
+class CountingSink:
+    """The ring's producer contract, keeping only counts of what the connector wrote."""
+
+    def __init__(self) -> None:
+        self.kinds: Counter[int] = Counter()
+
+    def write(self, batch: np.ndarray) -> bool:
+        kinds, counts = np.unique(batch["kind"], return_counts=True)
+        self.kinds.update(dict(zip(kinds.tolist(), counts.tolist())))
+        return True
+
+    def free(self) -> int:
+        return 1 << 30
+
+
+def recordings(paths: Iterable[str | Path]) -> dict[str, list[Path]]:
+    """The recorded files under ``paths``, grouped by recording prefix."""
+    grouped: dict[str, list[Path]] = defaultdict(list)
+    for path in map(Path, paths):
+        candidates = sorted(path.iterdir()) if path.is_dir() else [path]
+        for candidate in candidates:
+            match = _FILE_NAME.match(candidate.name)
+            if match:
+                grouped[match["prefix"]].append(candidate)
+    return dict(grouped)
+
+
+def _canonical(configured: str) -> str:
+    """``NKN-USDT`` → ``NKN/USDT``; ``SUSHI-USDT-PERP`` → ``SUSHI/USDT:PERP`` (recording config)."""
+    parts = configured.split("-")
+    perpetual = parts[-1] == "PERP"
+    base, quote = (parts[0], parts[1]) if len(parts) >= 2 else (configured, "")
+    return f"{base}/{quote}" + (":PERP" if perpetual else "")
+
+
+def _files(files: list[Path]) -> tuple[Path | None, list[Path], list[Path]]:
+    metadata, http, ws = None, [], []
+    for path in files:
+        kind = _FILE_NAME.match(path.name)["kind"]
+        if kind is None:
+            metadata = path
+        elif kind == "http":
+            http.append(path)
+        else:
+            ws.append(path)
+    number = lambda path: int(_FILE_NAME.match(path.name)["number"])  # noqa: E731 - a sort key
+    return metadata, sorted(http, key=number), sorted(ws, key=number)
+
+
+def verify_recording(prefix: str, files: list[Path]) -> dict[str, Any]:
+    """Replay one exchange's recording and report what the connector saw."""
+    name = RECORDED_NAMES.get(prefix, prefix.lower())
+    module = load_exchange_module(name)
+    metadata, http_files, ws_files = _files(files)
+    metadata_lines = list(read_recorded(metadata)) if metadata else []
+    configuration = next((line for line in metadata_lines if line.kind == LineKind.CONFIGURATION), None)
+    configured = json.loads(configuration.payload) if configuration else {}
+    symbols = [_canonical(symbol) for symbol in configured.get("l2_book", [])]
+    sink = CountingSink()
+    connector = module.CONNECTOR(sink, 0, {symbol: index for index, symbol in enumerate(symbols)},
+                                 **getattr(module, "RECORDED_OPTIONS", {}))
+    responses = [line for line in metadata_lines if line.kind == LineKind.HTTP_RESPONSE]
+    if responses:
+        connector.load_instruments(_instrument_response(connector.instruments_url, responses).payload)
+    snapshots = [line for path in http_files for line in read_recorded(path) if line.kind == LineKind.HTTP_RESPONSE]
+    frames = _merged_stream(ws_files)
+    pending: dict[str, RecordedLine] = {}
+    received = 0
+    for connection, line in frames:
+        for symbol in [s for s, answer in pending.items() if answer.timestamp_ns <= line.timestamp_ns]:
+            answer = pending.pop(symbol)
+            connector.on_snapshot(symbol, answer.payload, answer.timestamp_ns)
+        if line.kind == LineKind.WS_OPEN:
+            connector.on_open(connection, line.timestamp_ns)
+        elif line.kind == LineKind.RECEIVED:
+            received += 1
+            connector.on_message(connection, line.payload, line.timestamp_ns)
+        for request in connector.snapshot_requests(line.timestamp_ns):
+            answer = _snapshot_for(request.native_symbol, snapshots)
+            if answer is not None:
+                pending[request.native_symbol] = answer
+    for symbol, answer in pending.items():
+        connector.on_snapshot(symbol, answer.payload, answer.timestamp_ns)
+    return _report(prefix, name, connector, symbols, received, sink)
+
+
+def _instrument_response(url: str, responses: list[RecordedLine]) -> RecordedLine:
+    """The recorded metadata response for the module's instruments URL (by path, any host)."""
+    wanted = _path(url)
+    return next((line for line in responses if _path(line.url) == wanted), responses[0])
+
+
+def _path(url: str) -> str:
+    return re.sub(r"^[a-z]+://[^/]+", "", url).split("?")[0].rstrip("/")
+
+
+def _snapshot_for(native_symbol: str, snapshots: list[RecordedLine]) -> RecordedLine | None:
+    """The first unused recorded snapshot of that symbol (matched by symbol, not URL)."""
+    pattern = re.compile(rf"(?<![A-Za-z0-9]){re.escape(native_symbol)}(?![A-Za-z0-9])", re.IGNORECASE)
+    for index, line in enumerate(snapshots):
+        if pattern.search(line.url):
+            return snapshots.pop(index)
+    return None
+
+
+def _merged_stream(ws_files: list[Path]) -> list[tuple[int, RecordedLine]]:
+    """Every connection's opens and frames, in receive order (one clock for all files)."""
+    merged = [
+        (line.timestamp_ns, connection, order, line)
+        for connection, path in enumerate(ws_files)
+        for order, line in enumerate(read_recorded(path))
+        if line.kind in (LineKind.WS_OPEN, LineKind.RECEIVED)
+    ]
+    merged.sort(key=lambda item: item[:3])
+    return [(connection, line) for _, connection, _, line in merged]
+
+
+def _report(
+    prefix: str, name: str, connector: Any, symbols: list[str], received: int, sink: CountingSink
+) -> dict[str, Any]:
+    listed = [symbol for symbol in symbols if symbol not in connector.missing_symbols]
+    totals: Counter[str] = Counter()
+    best = {}
+    for symbol in listed:
+        counters = connector.counters(symbol)
+        for field in fields(counters):
+            value = getattr(counters, field.name)
+            if isinstance(value, int) and not field.name.startswith(("last_", "receive_")):
+                totals[field.name] += value
+        book = connector.book(symbol)
+        bid, ask = book.best_bid(), book.best_ask()
+        best[symbol] = {"bid": list(bid) if bid else None, "ask": list(ask) if ask else None}
+    malformed = sum(counters.malformed_frames for counters in connector.connection_counters)
+    return {
+        "exchange": name,
+        "recording": prefix,
+        "frames": received,
+        "book_updates": totals["frames_applied"],
+        "levels": totals["levels_applied"],
+        "snapshots": totals["snapshots"],
+        "checksums_ok": totals["checksums_ok"],
+        "checksums_failed": totals["checksums_failed"],
+        "gaps": totals["gaps"],
+        "resyncs": totals["resyncs"],
+        "parse_errors": totals["parse_errors"] + malformed,
+        "crossed": totals["crossed"],
+        "cross_checks": totals["cross_checks"],
+        "cross_check_mismatches": totals["cross_check_mismatches"],
+        "trades": totals["trades"],
+        "symbols": len(listed),
+        "missing_symbols": list(connector.missing_symbols),
+        "records_written": {Kind(kind).name.lower(): count for kind, count in sorted(sink.kinds.items())},
+        "best": best,
+    }
+
+
+def failed(report: dict[str, Any]) -> bool:
+    """Any checksum failure, gap, unparsable frame or disagreement with the venue's own top of book."""
+    return bool(
+        report["checksums_failed"] or report["gaps"] or report["parse_errors"] or report["cross_check_mismatches"]
+    )
+
+
+def main(paths: list[str]) -> int:
+    grouped = recordings(paths)
+    if not grouped:
+        print(f"coby verify: no recording files under {', '.join(paths)}", file=sys.stderr)
+        return 2
+    code = 0
+    for prefix, files in sorted(grouped.items()):
+        try:
+            report = verify_recording(prefix, files)
+        except LookupError as error:  # an exchange coby has no module for (yet)
+            report = {"recording": prefix, "error": str(error)}
+            code = 1
+        else:
+            code |= failed(report)
+        print(json.dumps(report), flush=True)
+    return code
