@@ -14,7 +14,9 @@ this actor owns everything that touches the outside world, once for every exchan
 - a 20 ms timer that flushes what the module owes the ring (re-sent snapshots after an
   overflow or when the aggregator restarted) and writes a HEARTBEAT record when nothing
   else was written for a second, so the aggregator can tell quiet from dead;
-- the ring doorbell: one byte on the aggregator's PULL socket when it is asleep.
+- the ring doorbell: one byte on the aggregator's PULL socket when it is asleep;
+- with ``record_dir`` in its spec (``coby record``), a copy of all traffic in the recorded
+  format, which ``coby verify`` replays.
 
 A restarted connector announces itself with a CONNECTING status for every symbol, so
 the aggregator drops whatever it held from the previous process before new snapshots.
@@ -39,6 +41,7 @@ from engine.actor import Actor
 from engine.bus import Publisher
 from shm.records import ALL_SYMBOLS, Kind, Reason, Status, empty_records
 from shm.ring import Ring
+from sim.recorded import RecordingWriter
 
 _TIMER_S = 0.02
 _HEARTBEAT_S = 1.0
@@ -83,6 +86,8 @@ class ConnectorActor(Actor):
         if self.settings.max_streams_per_connection < self.connector.streams_per_connection:
             self.connector.streams_per_connection = self.settings.max_streams_per_connection
         self.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.settings.rest_timeout_s))
+        record_dir = self.spec.arguments.get("record_dir")
+        self.recorder = RecordingWriter(record_dir, self.exchange, list(self.settings.symbols)) if record_dir else None
         self.bus_context = zmq.asyncio.Context()
         self.publisher = Publisher(self.bus_context, directory["endpoints"]["bus_publish"])
         self.snapshots_in_flight: set[asyncio.Task[None]] = set()
@@ -135,6 +140,8 @@ class ConnectorActor(Actor):
                 async with self.http.get(url) as response:
                     body = await response.read()
                     if response.status == 200:
+                        if self.recorder:
+                            self.recorder.metadata(url, time.time_ns(), body)
                         instruments = self.connector.load_instruments(body)
                         self.log.info("instruments_loaded", count=len(instruments), url=url)
                         return
@@ -166,7 +173,11 @@ class ConnectorActor(Actor):
                 ) as socket:
                     opened_at = time.monotonic()
                     self.log.info("connected", connection=index, url=spec.url)
+                    if self.recorder:
+                        self.recorder.opened(index, spec.url, time.time_ns())
                     for message in self.connector.on_open(index, time.time_ns()):
+                        if self.recorder:
+                            self.recorder.sent(index, time.time_ns(), message)
                         await socket.send(message)
                     self.open_sockets[index] = (socket, spec.stale_after_s)
                     self.last_frame[index] = opened_at
@@ -183,6 +194,8 @@ class ConnectorActor(Actor):
                 reason = Reason.STALE_STREAM
             if opened_at is not None:
                 self.connector.on_close(index, time.time_ns(), reason)
+                if self.recorder:
+                    self.recorder.closed(index)
                 if time.monotonic() - opened_at > 2 * self.settings.reconnect_backoff_max_s:
                     backoff = self.settings.reconnect_backoff_initial_s
             if self.stopping.is_set():
@@ -205,7 +218,10 @@ class ConnectorActor(Actor):
                     self.log.warning("disconnected", connection=index, code=closed.code, reason=closed.reason)
                 return Reason.DISCONNECTED
             last_frame[index] = time.monotonic()
-            if on_message(index, data, time.time_ns()) == ConnectionAction.RECONNECT:
+            received_at = time.time_ns()
+            if self.recorder:
+                self.recorder.received(index, received_at, data)
+            if on_message(index, data, received_at) == ConnectionAction.RECONNECT:
                 self.log.warning("reconnect_requested", connection=index)
                 return Reason.DISCONNECTED
 
@@ -272,7 +288,10 @@ class ConnectorActor(Actor):
             async with self.http.get(request.url) as response:
                 body = await response.read()
                 if response.status == 200:
-                    self.connector.on_snapshot(request.native_symbol, body, time.time_ns())
+                    received_at = time.time_ns()
+                    if self.recorder:
+                        self.recorder.snapshot(request.url, received_at, body)
+                    self.connector.on_snapshot(request.native_symbol, body, received_at)
                     return
                 retry_after = _retry_after(response.headers)
                 if response.status == 418:
@@ -296,6 +315,8 @@ class ConnectorActor(Actor):
             pass
 
     async def teardown(self) -> None:
+        if (recorder := getattr(self, "recorder", None)) is not None:
+            recorder.close()
         if (http := getattr(self, "http", None)) is not None:
             await http.close()
         if (ring := getattr(self, "ring", None)) is not None:

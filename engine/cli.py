@@ -3,6 +3,7 @@
     coby run                  the engine against the live exchanges in config.yaml
     coby demo [--seconds N]   the whole engine against the local simulator, offline
     coby status [--json]      each actor's pid, state, restarts, heartbeat, CPU, RSS; ring fill
+    coby record --out DIR     the engine, writing every connector's traffic in the recorded format
     coby verify PATH...       recorded exchange traffic through the real connector code path
     coby restart|stop|start ACTOR, coby shutdown, coby sweep, coby actor NAME
 
@@ -16,6 +17,8 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -193,6 +196,25 @@ def command_sweep(arguments: argparse.Namespace) -> int:
     return 0
 
 
+def command_record(arguments: argparse.Namespace) -> int:
+    """Run the engine and write every connector's traffic in the recorded format."""
+    out = Path(arguments.out).resolve()
+    if arguments.simulated:
+        config = demo_config(arguments.config, arguments.instance or "record")
+    else:
+        overrides = {"engine": {"instance": arguments.instance}} if arguments.instance else None
+        config = _load(arguments.config, overrides)
+    specs = [
+        replace(spec, arguments={**spec.arguments, "record_dir": str(out)}) if spec.kind == "connector" else spec
+        for spec in default_actor_specs(config, with_simulator=arguments.simulated)
+    ]
+    supervisor = Supervisor(config, specs)
+    supervisor.start()
+    code = supervisor.run(duration_s=arguments.seconds)
+    print(f"recorded {len(config.exchange_ids())} exchange(s) into {out}; replay with: coby verify {out}", flush=True)
+    return code
+
+
 def command_verify(arguments: argparse.Namespace) -> int:
     from engine import verify
 
@@ -252,6 +274,10 @@ def build_parser() -> argparse.ArgumentParser:
     command("shutdown", command_control, "stop a running engine gracefully")
     command("sweep", command_sweep, "remove shared-memory segments whose supervisor is dead")
     command("actor", command_actor, "run one actor in the foreground against a running engine").add_argument("name")
+    record = command("record", command_record, "run the engine and record all exchange traffic (replay: coby verify)")
+    record.add_argument("--out", required=True, help="directory for the recording files")
+    record.add_argument("--seconds", type=float, default=60.0, help="stop after this long (default 60)")
+    record.add_argument("--simulated", action="store_true", help="record the local simulator instead of the exchanges")
     verify = command("verify", command_verify, "replay recorded exchange traffic through the connectors (offline)")
     verify.add_argument("paths", nargs="+", help="recorded files, or directories of them")
     return parser

@@ -1,4 +1,4 @@
-"""Reader of the recorded real exchange traffic (``../shared/recorded``, format in its README).
+"""Reader and writer of recorded exchange traffic (``../shared/recorded``, format in its README).
 
 The files are test references, read in place and never copied into the repository.
 Payloads are returned exactly as recorded (text), except Huobi's binary frames, which
@@ -8,6 +8,7 @@ are recorded as Python bytes literals and returned as the bytes received (still 
 from __future__ import annotations
 
 import ast
+import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -85,3 +86,76 @@ def _payload(text: str) -> str | bytes:
     if text.startswith(("b'", 'b"')):
         return ast.literal_eval(text)
     return text
+
+
+def recording_prefix(exchange: str) -> str:
+    """The file prefix of an exchange's recording (``binance_futures`` → ``BINANCE_FUTURES``)."""
+    return exchange.upper()
+
+
+def _stamp(timestamp_ns: int) -> str:
+    """Seconds with 7 decimals, as the recordings write them (``1618678132.3858151``)."""
+    seconds, fraction = divmod(timestamp_ns, 10**9)
+    return f"{seconds}.{fraction // 100:07d}"
+
+
+def _single_line(payload: str | bytes) -> str:
+    if isinstance(payload, bytes):
+        return repr(payload)
+    # Raw newlines can only be JSON whitespace (inside strings JSON escapes them).
+    return payload.replace("\r", " ").replace("\n", " ")
+
+
+class RecordingWriter:
+    """Writes live traffic in the recorded format, so ``coby verify`` can replay it.
+
+    ``EXCHANGE.0`` gets the metadata responses and, on close, the ``configuration:`` line;
+    ``EXCHANGE.http.0.0`` the REST snapshots; every websocket connection (a reconnect is a
+    new connection) its own ``EXCHANGE.ws.N.0``.
+    """
+
+    def __init__(self, directory: str | os.PathLike[str], exchange: str, symbols: list[str]) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.prefix = recording_prefix(exchange)
+        self.symbols = symbols
+        self._metadata = open(self.directory / f"{self.prefix}.0", "w", encoding="utf-8")
+        self._snapshots = open(self.directory / f"{self.prefix}.http.0.0", "w", encoding="utf-8")
+        self._connections: dict[int, tuple[str, object]] = {}
+        self._opened = 0
+
+    def metadata(self, url: str, timestamp_ns: int, body: str | bytes) -> None:
+        self._metadata.write(f"{url} -> {_stamp(timestamp_ns)}: {_single_line(_text(body))}\n")
+
+    def snapshot(self, url: str, timestamp_ns: int, body: str | bytes) -> None:
+        self._snapshots.write(f"{url} -> {_stamp(timestamp_ns)}: {_single_line(_text(body))}\n")
+
+    def opened(self, connection: int, url: str, timestamp_ns: int) -> None:
+        self.closed(connection)
+        self._opened += 1
+        file = open(self.directory / f"{self.prefix}.ws.{self._opened}.0", "w", encoding="utf-8")
+        file.write(f"{url} <-> {_stamp(timestamp_ns)}\n")
+        self._connections[connection] = (url, file)
+
+    def sent(self, connection: int, timestamp_ns: int, payload: str | bytes) -> None:
+        url, file = self._connections[connection]
+        file.write(f"{url} <- {_stamp(timestamp_ns)}: {_single_line(payload)}\n")
+
+    def received(self, connection: int, timestamp_ns: int, payload: str | bytes) -> None:
+        self._connections[connection][1].write(f"{_stamp(timestamp_ns)}: {_single_line(payload)}\n")
+
+    def closed(self, connection: int) -> None:
+        if connection in self._connections:
+            self._connections.pop(connection)[1].close()
+
+    def close(self) -> None:
+        for connection in list(self._connections):
+            self.closed(connection)
+        configured = [symbol.replace("/", "-").replace(":", "-") for symbol in self.symbols]
+        self._metadata.write(f"configuration: {json.dumps({'l2_book': configured, 'trades': configured})}\n")
+        self._metadata.close()
+        self._snapshots.close()
+
+
+def _text(body: str | bytes) -> str:
+    return body.decode("utf-8", "replace") if isinstance(body, bytes) else body

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from engine.verify import recordings, verify_recording
+from tests.engine_support import unique_instance
 
 # Per recording: figures that must come out exactly (from ../shared/recorded/README.md).
 REFERENCE = {
@@ -72,3 +73,23 @@ def test_an_unknown_recording_or_an_empty_path_is_reported(tmp_path: Path) -> No
     (tmp_path / "NOSUCHX.0").write_text('configuration: {"l2_book": []}\n')
     result = coby_verify(tmp_path)
     assert result.returncode == 1 and "unknown exchange" in json.loads(result.stdout)["error"]
+
+
+def test_coby_record_writes_a_recording_that_coby_verify_replays_clean(tmp_path: Path) -> None:
+    out = tmp_path / "recording"
+    recorded = subprocess.run(
+        [sys.executable, "-m", "engine.cli", "record", "--simulated", "--seconds", "5", "--out", str(out),
+         "--instance", unique_instance("rec")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=os.getcwd(),
+    )
+    assert recorded.returncode == 0, recorded.stderr[-2000:]
+    assert sorted(path.name for path in out.iterdir()) == ["BINANCE.0", "BINANCE.http.0.0", "BINANCE.ws.1.0"]
+    result = coby_verify(out)
+    assert result.returncode == 0, result.stdout
+    report = json.loads(result.stdout)
+    assert report["symbols"] == 3 and report["snapshots"] == 3
+    assert report["frames"] > 50 and report["book_updates"] > 20 and report["trades"] > 0
+    assert (report["gaps"], report["resyncs"], report["parse_errors"]) == (0, 0, 0)
