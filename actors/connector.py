@@ -4,14 +4,16 @@ The exchange module (``actors/connectors/<exchange>.py``) owns the protocol and 
 this actor owns everything that touches the outside world, once for every exchange:
 
 - the instrument metadata request at start (retried with backoff until it answers);
-- one WebSocket task per connection of the module's plan: connect, send the module's
+- one WebSocket task per connection of the module's plan: make the connection's
+  ``pre_connect`` request if it has one (KuCoin's token), connect, send the module's
   subscribe messages, hand every frame to the module, and reconnect with exponential
   backoff and jitter after any close, error, or a connected-but-silent stream (no
   frame for the connection's ``stale_after_s``: treated as down, never trusted);
 - REST snapshots the module asks for, at most a few in flight, answering 429/418 with
   their ``Retry-After`` so the module backs off (418 means the IP is banned: logged as an
   error);
-- a 20 ms timer that flushes what the module owes the ring (re-sent snapshots after an
+- a 20 ms timer that sends what the module wants sent (application pings,
+  re-subscriptions), flushes what the module owes the ring (re-sent snapshots after an
   overflow or when the aggregator restarted) and writes a HEARTBEAT record when nothing
   else was written for a second, so the aggregator can tell quiet from dead;
 - the ring doorbell: one byte on the aggregator's PULL socket when it is asleep;
@@ -69,22 +71,7 @@ class ConnectorActor(Actor):
         symbol_ids = {symbol: directory["symbols"].index(symbol) for symbol in self.settings.symbols}
         self.symbol_ids = list(symbol_ids.values())
         module = load_exchange_module(self.exchange)
-        urls = {}
-        if self.settings.ws_url:
-            urls["ws_base_url"] = self.settings.ws_url
-        if self.settings.rest_url:
-            urls["rest_base_url"] = self.settings.rest_url
-        self.connector: Connector = module.CONNECTOR(
-            self.ring,
-            self.exchange_id,
-            symbol_ids,
-            snapshot_limit=self.settings.snapshot_depth,
-            depth_limit=self.settings.snapshot_depth,
-            stale_after_s=self.settings.stale_after_s,
-            **urls,
-        )
-        if self.settings.max_streams_per_connection < self.connector.streams_per_connection:
-            self.connector.streams_per_connection = self.settings.max_streams_per_connection
+        self.connector: Connector = module.CONNECTOR.from_settings(self.ring, self.exchange_id, symbol_ids, self.settings)
         self.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.settings.rest_timeout_s))
         record_dir = self.spec.arguments.get("record_dir")
         self.recorder = RecordingWriter(record_dir, self.exchange, list(self.settings.symbols)) if record_dir else None
@@ -164,17 +151,18 @@ class ConnectorActor(Actor):
             opened_at = None
             reason = Reason.DISCONNECTED
             try:
+                target = await self._resolve(index, spec)
                 async with websockets.connect(
-                    spec.url,
-                    ping_interval=spec.ping_interval_s,
+                    target.url,
+                    ping_interval=target.ping_interval_s,
                     max_size=_MAX_FRAME_BYTES,
                     open_timeout=self.settings.rest_timeout_s,
                     close_timeout=1,
                 ) as socket:
                     opened_at = time.monotonic()
-                    self.log.info("connected", connection=index, url=spec.url)
+                    self.log.info("connected", connection=index, url=target.url)
                     if self.recorder:
-                        self.recorder.opened(index, spec.url, time.time_ns())
+                        self.recorder.opened(index, target.url, time.time_ns())
                     for message in self.connector.on_open(index, time.time_ns()):
                         if self.recorder:
                             self.recorder.sent(index, time.time_ns(), message)
@@ -182,7 +170,7 @@ class ConnectorActor(Actor):
                     self.open_sockets[index] = (socket, spec.stale_after_s)
                     self.last_frame[index] = opened_at
                     reason = await self._receive(index, socket)
-            except (OSError, asyncio.TimeoutError, websockets.WebSocketException) as error:
+            except (OSError, asyncio.TimeoutError, websockets.WebSocketException, aiohttp.ClientError, ValueError) as error:
                 self.log.warning(
                     "connection_failed" if opened_at is None else "connection_lost",
                     connection=index, error=str(error) or type(error).__name__,
@@ -205,6 +193,35 @@ class ConnectorActor(Actor):
             await self._sleep(delay)
             backoff = min(backoff * 2, self.settings.reconnect_backoff_max_s)
 
+    async def _resolve(self, index: int, spec: ConnectionSpec) -> ConnectionSpec:
+        """The spec to connect with: ``spec`` itself, or what the venue's ``pre_connect``
+        request (e.g. KuCoin's token) resolves it to. Failures raise; the caller backs off."""
+        request = spec.pre_connect
+        if request is None:
+            return spec
+        async with self.http.request(request.method, request.url, data=request.body or None) as response:
+            body = await response.read()
+            if response.status // 100 != 2:
+                raise aiohttp.ClientResponseError(
+                    response.request_info, (), status=response.status, message=f"pre-connect {request.url}"
+                )
+        if self.recorder:
+            self.recorder.metadata(request.url, time.time_ns(), body)
+        return self.connector.resolve_connection(index, body, time.time_ns())
+
+    async def _send_outgoing(self) -> None:
+        """Send what the module wants sent (pings, re-subscriptions) on connections that are open."""
+        for message in self.connector.outgoing_messages(time.monotonic_ns()):
+            entry = self.open_sockets.get(message.connection)
+            if entry is None:
+                continue  # closed: its on_open subscribes everything again
+            if self.recorder:
+                self.recorder.sent(message.connection, time.time_ns(), message.text)
+            try:
+                await entry[0].send(message.text)
+            except websockets.ConnectionClosed:
+                pass  # the connection's own task sees the close and reconnects
+
     async def _receive(self, index: int, socket: websockets.ClientConnection) -> Reason:
         """Hand every frame to the module. Silence is watched by the timer, not per frame:
         ``asyncio.wait_for`` around each ``recv`` costs ~25 µs, several times the module."""
@@ -221,7 +238,10 @@ class ConnectorActor(Actor):
             received_at = time.time_ns()
             if self.recorder:
                 self.recorder.received(index, received_at, data)
-            if on_message(index, data, received_at) == ConnectionAction.RECONNECT:
+            action = on_message(index, data, received_at)
+            if action == ConnectionAction.SEND:
+                await self._send_outgoing()
+            elif action == ConnectionAction.RECONNECT:
                 self.log.warning("reconnect_requested", connection=index)
                 return Reason.DISCONNECTED
 
@@ -236,6 +256,7 @@ class ConnectorActor(Actor):
                 self.snapshots_in_flight.add(task)
                 task.add_done_callback(self.snapshots_in_flight.discard)
             self.connector.flush(now_ns)
+            await self._send_outgoing()
             self._heartbeat(now_ns)
             self._close_silent_connections()
             await asyncio.sleep(_TIMER_S)

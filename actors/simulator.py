@@ -7,6 +7,7 @@ and ``rest_url``, so connectors run unchanged against it.
 
 from __future__ import annotations
 
+from decimal import Decimal
 from urllib.parse import urlsplit
 
 from actors.connectors import load_exchange_module
@@ -23,16 +24,21 @@ def _port(url: str) -> int:
     return port
 
 
+def _decimal_text(value: float) -> str:
+    """Plain decimal text of a config number (``1e-05`` → ``0.00001``), as venues write it."""
+    return format(Decimal(repr(value)), "f")
+
+
 def build_market(config: Config) -> Market:
     """The simulator's market for every enabled exchange and configured symbol."""
     specs = [
         SymbolSpec(
             symbol,
-            price=repr(settings.mid),
-            tick_size=repr(settings.tick),
-            lot_size=repr(settings.lot),
+            price=_decimal_text(settings.mid),
+            tick_size=_decimal_text(settings.tick),
+            lot_size=_decimal_text(settings.lot),
             volatility=settings.volatility,
-            order_size=repr(settings.order_size),
+            order_size=_decimal_text(settings.order_size),
         )
         for symbol, settings in config.simulator.symbols.items()
     ]

@@ -44,6 +44,7 @@ def demo_config(path: str | None, instance: str) -> Config:
     """The user's config with every exchange pointed at the local simulator, on free ports.
 
     Exchanges whose URLs already name a loopback port keep them (a fixed-port simulator).
+    A URL's path stays: it can select the protocol generation (Kraken's ``/v2``).
     """
     base = _load(path)
     host = base.simulator.host
@@ -51,7 +52,11 @@ def demo_config(path: str | None, instance: str) -> Config:
     for name in base.exchange_ids():
         settings = base.exchanges[name]
         if not all(is_loopback_host(urlsplit(url).hostname or "") for url in (settings.ws_url, settings.rest_url)):
-            exchanges[name] = {"ws_url": f"ws://{host}:{free_port(host)}", "rest_url": f"http://{host}:{free_port(host)}"}
+            ws_path = urlsplit(settings.ws_url).path.rstrip("/")
+            exchanges[name] = {
+                "ws_url": f"ws://{host}:{free_port(host)}{ws_path}",
+                "rest_url": f"http://{host}:{free_port(host)}",
+            }
     any_port = "tcp://127.0.0.1:0"
     return _load(
         path,
@@ -87,7 +92,8 @@ class _DemoPrinter:
             for state in states:
                 if state.status == Status.IN_SYNC:
                     self.ever_in_sync.add((state.name, symbol))
-            venues = " ".join(f"{s.name}:{s.status.name.lower()}" for s in states)
+            listed = [s for s in states if symbol in self.supervisor.config.exchanges[s.name].symbols]
+            venues = " ".join(f"{s.name}:{s.status.name.lower()}" for s in listed)
             if book.best_bid is None or book.best_ask is None:
                 print(f"{symbol:<12} (no consolidated book yet)  {venues}", flush=True)
                 continue
@@ -106,7 +112,8 @@ class _DemoPrinter:
         records = sum(stats["written_records"] for stats in status["rings"].values())
         overflows = sum(stats["dropped_batches"] for stats in status["rings"].values())
         restarts = sum(actor["restarts"] for actor in status["actors"])
-        wanted = {(exchange, symbol) for exchange in self.engine.exchanges for symbol in self.engine.symbols}
+        exchanges = self.supervisor.config.exchanges
+        wanted = {(name, symbol) for name in self.engine.exchanges for symbol in exchanges[name].symbols}
         synced = len(wanted & self.ever_in_sync)
         ok = synced == len(wanted)
         line = (

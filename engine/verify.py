@@ -6,7 +6,9 @@ one exchange's files: ``EXCHANGE.0`` (REST metadata and the ``configuration:`` l
 each). Replaying it drives the exchange module exactly as the connector actor does —
 instruments, open, every frame in receive order, snapshot requests — with no network:
 
-- websocket file ``k`` (in ``N`` order) is the module's connection ``k``;
+- websocket file ``k`` (in ``N`` order) is the module's connection ``k`` modulo the number
+  of connections the module plans (Kraken's recording has three connections, one per
+  channel; ours carries them on one);
 - a REST snapshot request is answered with the recorded response for the same symbol
   (not the same URL: recordings come from other hosts and API versions), at the moment
   the recording received it, so frames that arrived before it are buffered as live;
@@ -31,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from actors.connectors import load_exchange_module
+from actors.connectors import UnknownExchangeError, load_exchange_module
 from shm.records import Kind
 from sim.recorded import LineKind, RecordedLine, read_recorded
 
@@ -118,15 +120,19 @@ def verify_recording(prefix: str, files: list[Path]) -> dict[str, Any]:
     if responses:
         connector.load_instruments(_instrument_response(connector.instruments_url, responses).payload)
     snapshots = [line for path in http_files for line in read_recorded(path) if line.kind == LineKind.HTTP_RESPONSE]
-    frames = _merged_stream(ws_files)
+    planned = max(len(connector.connection_plan()), 1)
+    frames = _merged_stream(ws_files, planned)
     pending: dict[str, RecordedLine] = {}
+    opened: set[int] = set()
     received = 0
     for connection, line in frames:
         for symbol in [s for s, answer in pending.items() if answer.timestamp_ns <= line.timestamp_ns]:
             answer = pending.pop(symbol)
             connector.on_snapshot(symbol, answer.payload, answer.timestamp_ns)
         if line.kind == LineKind.WS_OPEN:
-            connector.on_open(connection, line.timestamp_ns)
+            if connection not in opened:  # several recorded connections may share one of ours
+                opened.add(connection)
+                connector.on_open(connection, line.timestamp_ns)
         elif line.kind == LineKind.RECEIVED:
             received += 1
             connector.on_message(connection, line.payload, line.timestamp_ns)
@@ -158,11 +164,12 @@ def _snapshot_for(native_symbol: str, snapshots: list[RecordedLine]) -> Recorded
     return None
 
 
-def _merged_stream(ws_files: list[Path]) -> list[tuple[int, RecordedLine]]:
-    """Every connection's opens and frames, in receive order (one clock for all files)."""
+def _merged_stream(ws_files: list[Path], planned: int) -> list[tuple[int, RecordedLine]]:
+    """Every connection's opens and frames, in receive order (one clock for all files);
+    recorded connection ``k`` is the module's connection ``k % planned``."""
     merged = [
-        (line.timestamp_ns, connection, order, line)
-        for connection, path in enumerate(ws_files)
+        (line.timestamp_ns, index % planned, order, line)
+        for index, path in enumerate(ws_files)
         for order, line in enumerate(read_recorded(path))
         if line.kind in (LineKind.WS_OPEN, LineKind.RECEIVED)
     ]
@@ -225,7 +232,7 @@ def main(paths: list[str]) -> int:
     for prefix, files in sorted(grouped.items()):
         try:
             report = verify_recording(prefix, files)
-        except LookupError as error:  # an exchange coby has no module for (yet)
+        except UnknownExchangeError as error:  # an exchange coby has no module for (yet)
             report = {"recording": prefix, "error": str(error)}
             code = 1
         else:

@@ -115,11 +115,13 @@ class VenueServer:
         self.ws_port = self._ws_server.sockets[0].getsockname()[1]
         app = web.Application()
         app.router.add_route("GET", "/{path:.*}", self._serve_http)
+        app.router.add_route("POST", "/{path:.*}", self._serve_http)
         self._http_runner = web.AppRunner(app, access_log=None)
         await self._http_runner.setup()
         site = web.TCPSite(self._http_runner, self.host, self.http_port)
         await site.start()
         self.http_port = self._http_runner.addresses[0][1]
+        self.venue.bound(self.ws_url, self.http_url)
 
     async def stop(self) -> None:
         if self._ws_server is not None:
@@ -163,6 +165,7 @@ class VenueServer:
         self._sessions[connection] = session
         self.connections_accepted += 1
         try:
+            await _send_all(connection, session.greeting())
             async for message in connection:
                 text = message if isinstance(message, str) else message.decode("utf-8", "replace")
                 await _send_all(connection, session.on_client_message(text))

@@ -35,6 +35,10 @@ class VenueSession(ABC):
     def frames(self, encoded_step: Any) -> list[str]:
         """This session's frames for a step encoded by :meth:`SimulatedVenue.encode_step`."""
 
+    def greeting(self) -> list[str]:
+        """Frames the venue sends as soon as a client connects (KuCoin's ``welcome``)."""
+        return []
+
 
 class SimulatedVenue(ABC):
     """One exchange's wire format over the shared :class:`~sim.market.Market`."""
@@ -45,6 +49,9 @@ class SimulatedVenue(ABC):
 
     @abstractmethod
     def http(self, path: str, query: Mapping[str, str]) -> HttpReply: ...
+
+    def bound(self, ws_url: str, http_url: str) -> None:
+        """The server's addresses once bound, for venues that hand them out (KuCoin's token)."""
 
     @abstractmethod
     def is_snapshot_request(self, path: str) -> bool:

@@ -174,3 +174,43 @@ def test_demo_runs_offline_prints_the_book_and_leaves_no_segment() -> None:
     assert lines[-1].startswith("demo ok: 6s, 3 symbols, 3/3 exchange books synced"), lines[-1]
     assert any("BTC/USDT" in line and " bid " in line and "binance:in_sync" in line for line in lines)
     assert list_segments(instance) == []
+
+
+MULTI_VENUE_CONFIG = """
+exchanges:
+  binance: {symbols: [BTC/USDT, ETH/USDT], ws_url: "wss://stream.binance.com:9443", rest_url: "https://api.binance.com"}
+  binance_futures: {symbols: [BTC/USDT:PERP], ws_url: "wss://fstream.binance.com", rest_url: "https://fapi.binance.com"}
+  gateio: {symbols: [BTC/USDT, ETH/USDT], ws_url: "wss://api.gateio.ws", rest_url: "https://api.gateio.ws"}
+  kucoin: {symbols: [BTC/USDT, ETH/USDT], rest_url: "https://api.kucoin.com", snapshot_depth: 100}
+  bitstamp: {symbols: [BTC/USD], ws_url: "wss://ws.bitstamp.net", rest_url: "https://www.bitstamp.net"}
+  kraken: {symbols: [BTC/USD, ETH/USDT], ws_url: "wss://ws.kraken.com/v2", rest_url: "https://api.kraken.com"}
+simulator:
+  symbols:
+    BTC/USDT: {mid: 60000.0, tick: 0.01, lot: 0.00001, order_size: 0.05}
+    ETH/USDT: {mid: 3000.0, tick: 0.01, lot: 0.0001, order_size: 0.5}
+    BTC/USD: {mid: 60000.0, tick: 0.01, lot: 0.00001, order_size: 0.05}
+    BTC/USDT:PERP: {mid: 60000.0, tick: 0.1, lot: 0.001, order_size: 0.05}
+"""
+
+
+def test_demo_with_six_venues_syncs_every_configured_book_through_the_real_runtime(tmp_path) -> None:
+    """Each venue's runtime needs differ (KuCoin's token POST and pings, Gate's spot.ping,
+    futures' routed connections, Bitstamp's heartbeat, Kraken's checksummed in-stream
+    snapshots and re-subscriptions); all go through actors/connector.py."""
+    config = tmp_path / "config.yaml"
+    config.write_text(MULTI_VENUE_CONFIG)
+    instance = unique_instance("multi")
+    result = subprocess.run(
+        [sys.executable, "-m", "engine.cli", "--config", str(config), "demo", "--seconds", "12", "--instance", instance],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=os.getcwd(),
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert "10/10 exchange books synced" in result.stdout.strip().splitlines()[-1]
+    consolidated = [line for line in result.stdout.splitlines() if line.startswith("ETH/USDT ") and " bid " in line]
+    assert any(
+        "binance:in_sync gateio:in_sync kraken:in_sync kucoin:in_sync" in line for line in consolidated
+    ), consolidated[-3:]
+    assert list_segments(instance) == []

@@ -12,6 +12,11 @@ from types import ModuleType
 
 EXCHANGE_MODULES = {
     "binance": "actors.connectors.binance",
+    "kraken": "actors.connectors.kraken",
+    "kucoin": "actors.connectors.kucoin",
+    "bitstamp": "actors.connectors.bitstamp",
+    "binance_futures": "actors.connectors.binance_futures",
+    "gateio": "actors.connectors.gateio",
 }
 
 

@@ -33,6 +33,20 @@ can expire early); every other timestamp is ``time.time_ns()`` (it stamps record
    consumer asked for fresh books (``Ring.take_resnapshot_request()``), call
    ``connector.request_full_resend()``.
 
+8. On the same timer: for each :class:`OutgoingMessage` of
+   ``connector.outgoing_messages(monotonic_now)``, send ``message.text`` on connection
+   ``message.connection`` if it is open, else drop it (``on_open`` subscribes everything
+   again). This is every message a venue sends of its own accord: application-level
+   pings (scheduled by the module, e.g. with :class:`KeepAlive`), re-subscriptions of
+   resyncing symbols, subscriptions a venue only accepts after its greeting.
+   ``ConnectionAction.SEND`` from ``on_message`` means "poll it now", not at the next tick.
+
+And one optional step (its default does nothing): ``spec.pre_connect`` (an
+:class:`HttpRequest`, e.g. KuCoin's token POST): before every (re)connect of connection
+``i``, send it and pass the 2xx body to ``connector.resolve_connection(i, body, now)``,
+which returns the spec to connect with (the URL with a token); on failure or ValueError
+retry with the reconnect backoff.
+
 The sink (``shm.ring.Ring`` in production) has exactly two methods:
 ``write(batch) -> bool`` copies a whole batch of ``RECORD_DTYPE`` records or writes
 nothing and returns False (the connector reuses the batch's memory right after the
@@ -235,6 +249,16 @@ def _apply_side(book: dict[float, float], prices: list[float], levels: Iterable[
 
 # ---------------------------------------------------------------------------------------
 # Records
+
+
+class ExchangeSettings(Protocol):
+    """What a connector reads of its ``exchanges.<name>`` config section."""
+
+    ws_url: str
+    rest_url: str
+    snapshot_depth: int
+    stale_after_s: float
+    max_streams_per_connection: int
 
 
 class RecordSink(Protocol):
@@ -548,6 +572,16 @@ class ConnectionAction(IntEnum):
 
     CONTINUE = 0
     RECONNECT = 1
+    SEND = 2  # poll ``connector.outgoing_messages`` now, then continue
+
+
+@dataclass(frozen=True, slots=True)
+class HttpRequest:
+    """A request the runtime makes for the connector (e.g. a connection token)."""
+
+    method: str
+    url: str
+    body: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -558,6 +592,7 @@ class ConnectionSpec:
     symbols: tuple[str, ...]  # canonical symbols carried by this connection
     ping_interval_s: float | None  # client pings; None: the venue pings and the runtime only answers
     stale_after_s: float  # nothing received this long: close with Reason.STALE_STREAM, reconnect
+    pre_connect: HttpRequest | None = None  # before each connect; body → connector.resolve_connection
 
 
 @dataclass(frozen=True, slots=True)
@@ -604,6 +639,80 @@ class Connector(ABC):
 
     @abstractmethod
     def request_full_resend(self) -> None: ...
+
+    @classmethod
+    def from_settings(
+        cls, sink: RecordSink, exchange_id: int, symbol_ids: Mapping[str, int], settings: "ExchangeSettings"
+    ) -> "Connector":
+        """The connector an ``exchanges.<name>`` config section asks for (the runtime's
+        way in). Empty URLs keep the venue's own; a venue whose options differ overrides."""
+        urls = {}
+        if settings.ws_url:
+            urls["ws_base_url"] = settings.ws_url
+        if settings.rest_url:
+            urls["rest_base_url"] = settings.rest_url
+        connector = cls(
+            sink,
+            exchange_id,
+            symbol_ids,
+            snapshot_limit=settings.snapshot_depth,
+            depth_limit=settings.snapshot_depth,
+            stale_after_s=settings.stale_after_s,
+            **urls,
+        )
+        connector.limit_connections(settings.max_streams_per_connection)
+        return connector
+
+    @abstractmethod
+    def limit_connections(self, max_streams: int) -> None:
+        """Carry at most ``max_streams`` streams a connection (never more than the venue allows)."""
+
+    def resolve_connection(self, connection: int, body: str | bytes, now_ns: int) -> ConnectionSpec:
+        """The spec to connect with, from the body of ``spec.pre_connect``; raises ValueError
+        on a body it cannot use. Only called for specs that have a ``pre_connect``."""
+        return self.connection_plan()[connection]
+
+    def outgoing_messages(self, now_ns: int) -> list["OutgoingMessage"]:
+        """Messages to send now (``now_ns`` is monotonic): pings, re-subscriptions, …"""
+        return []
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingMessage:
+    """A text message the runtime sends on connection ``connection`` if it is open."""
+
+    connection: int
+    text: str
+
+
+class KeepAlive:
+    """A venue's application-level pings, per open connection, on the monotonic clock.
+
+    A connection starts its schedule at the first :meth:`due` after :meth:`start`
+    (``on_open`` only sees wall-clock stamps); from then on one ping per interval.
+    """
+
+    def __init__(self, ping: Callable[[int], str]) -> None:
+        self._ping = ping  # the ping text for a connection
+        self._interval_ns: dict[int, int] = {}
+        self._next_ns: dict[int, int | None] = {}
+
+    def start(self, connection: int, interval_s: float) -> None:
+        self._interval_ns[connection] = int(interval_s * 1e9)
+        self._next_ns[connection] = None
+
+    def stop(self, connection: int) -> None:
+        self._interval_ns.pop(connection, None)
+        self._next_ns.pop(connection, None)
+
+    def due(self, now_ns: int) -> list[OutgoingMessage]:
+        messages = []
+        for connection, next_ns in self._next_ns.items():
+            if next_ns is not None and now_ns >= next_ns:
+                messages.append(OutgoingMessage(connection, self._ping(connection)))
+            if next_ns is None or now_ns >= next_ns:
+                self._next_ns[connection] = now_ns + self._interval_ns[connection]
+        return messages
 
 
 # ---------------------------------------------------------------------------------------
@@ -704,6 +813,10 @@ class RestSeededConnector(Connector):
     snapshot_requests_per_minute = 60  # the venue's REST budget; resync loops must not exhaust it
     snapshot_retry_initial_s = 0.5
     snapshot_retry_max_s = 30.0
+    # How a delta's raw levels are applied live and parsed while buffered; a venue whose
+    # levels are not ``[price, size]`` pairs (KuCoin's ``[price, size, sequence]``) swaps both.
+    apply_levels: Callable[..., int] = staticmethod(apply_frame)
+    parse_delta_levels: Callable[[Sequence[Sequence[object]]], list[Level]] = staticmethod(parse_levels)
 
     def __init__(
         self,
@@ -794,6 +907,9 @@ class RestSeededConnector(Connector):
             )
             for index, feeds in enumerate(self.connections)
         ]
+
+    def limit_connections(self, max_streams: int) -> None:
+        self.streams_per_connection = min(self.streams_per_connection, max_streams)
 
     def book(self, canonical: str) -> L2Book:
         return self.feeds_by_canonical[canonical].book
@@ -887,7 +1003,7 @@ class RestSeededConnector(Connector):
             return
         book = feed.book
         try:
-            count = apply_frame(book, feed.records, raw_bids, raw_asks, last_id, exchange_ts, receive_ts)
+            count = self.apply_levels(book, feed.records, raw_bids, raw_asks, last_id, exchange_ts, receive_ts)
         except (ValueError, TypeError):
             # Part of a bad frame may be applied, and the frame is lost anyway: resync.
             counters.parse_errors += 1
@@ -922,8 +1038,8 @@ class RestSeededConnector(Connector):
         buffer = feed.buffer
         counters = feed.counters
         try:
-            bids = parse_levels(raw_bids)
-            asks = parse_levels(raw_asks)
+            bids = self.parse_delta_levels(raw_bids)
+            asks = self.parse_delta_levels(raw_asks)
         except (ValueError, TypeError):
             counters.parse_errors += 1
             counters.frames_dropped += 1 + len(buffer)
@@ -1198,6 +1314,9 @@ __all__ = [
     "ConnectionSpec",
     "Connector",
     "Delta",
+    "HttpRequest",
+    "KeepAlive",
+    "OutgoingMessage",
     "Instrument",
     "L2Book",
     "Level",
