@@ -186,7 +186,7 @@ class VenueServer:
         )
 
 
-async def _send_all(connection: ServerConnection, frames: Iterable[str]) -> None:
+async def _send_all(connection: ServerConnection, frames: Iterable[str | bytes]) -> None:
     try:
         for frame in frames:
             await connection.send(frame)

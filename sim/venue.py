@@ -25,17 +25,20 @@ class HttpReply:
 
 
 class VenueSession(ABC):
-    """One client WebSocket connection as the venue sees it (its subscriptions)."""
+    """One client WebSocket connection as the venue sees it (its subscriptions).
+
+    Frames are ``str`` (sent as text frames) or ``bytes`` (sent as binary frames, e.g.
+    HTX's gzip-compressed JSON)."""
 
     @abstractmethod
-    def on_client_message(self, text: str) -> list[str]:
+    def on_client_message(self, text: str) -> list[str | bytes]:
         """Replies to a client message (subscribe acks, errors, pongs)."""
 
     @abstractmethod
-    def frames(self, encoded_step: Any) -> list[str]:
+    def frames(self, encoded_step: Any) -> list[str | bytes]:
         """This session's frames for a step encoded by :meth:`SimulatedVenue.encode_step`."""
 
-    def greeting(self) -> list[str]:
+    def greeting(self) -> list[str | bytes]:
         """Frames the venue sends as soon as a client connects (KuCoin's ``welcome``)."""
         return []
 

@@ -136,6 +136,7 @@ def test_depth_update_parse_keeps_level_texts() -> None:
         "BNBBTC",
         157,
         160,
+        0,
         [["0.0024", "10"]],
         [["0.0026", "100"]],
         1672515782136000000,

@@ -63,9 +63,10 @@ BINANCE_SPOT_SYNC = SyncRule(
 
 _CONTINUE = ConnectionAction.CONTINUE  # a global: reading an enum member costs ~125 ns on 3.11
 
-DepthUpdate = tuple[str, int, int, list[list[str]], list[list[str]], int]
-"""(native symbol, U, u, bids, asks, event time ns) of one depthUpdate; levels are still
-the wire's ``[price, quantity]`` texts (the connector parses them as it applies them)."""
+DepthUpdate = tuple[str, int, int, int, list[list[str]], list[list[str]], int]
+"""(native symbol, U, u, previous u, bids, asks, event time ns) of one depthUpdate; the
+previous u is futures' ``pu`` (0 on spot, which has none); levels are still the wire's
+``[price, quantity]`` texts (the connector parses them as it applies them)."""
 
 AggTrade = tuple[str, float, float, Side, int, int]
 """(native symbol, price, quantity, aggressor side, aggregate trade id, trade time ns)."""
@@ -125,7 +126,7 @@ def parse_depth_update(event: dict[str, Any]) -> DepthUpdate:
         raise TypeError("bad depthUpdate field types")
     if not 0 < first_id <= last_id:
         raise ValueError(f"bad update id range {first_id}..{last_id}")
-    return event["s"], first_id, last_id, bids, asks, event_ms * 1_000_000
+    return event["s"], first_id, last_id, 0, bids, asks, event_ms * 1_000_000  # spot has no previous id
 
 
 def parse_agg_trade(event: dict[str, Any]) -> AggTrade:
@@ -191,6 +192,7 @@ class BinanceSpotConnector(RestSeededConnector):
     sync_rule = BINANCE_SPOT_SYNC
     streams_per_connection = 200  # Binance allows 1024 a connection; 200 keeps the stream URLs short
     ping_interval_s = None  # the server pings every 20 s; answering (websockets does) is enough
+    parse_depth = staticmethod(parse_depth_update)  # USD-M futures swaps in its pu-aware parse
 
     def __init__(
         self,
@@ -276,16 +278,16 @@ class BinanceSpotConnector(RestSeededConnector):
                 connection_counters.unknown_symbol_frames += 1
                 return _CONTINUE
             try:
-                _symbol, first_id, last_id, bids, asks, exchange_ts = parse_depth_update(event)
+                _symbol, first_id, last_id, previous_id, bids, asks, exchange_ts = self.parse_depth(event)
             except (KeyError, TypeError, ValueError):
                 feed.counters.parse_errors += 1
                 return _CONTINUE
-            self.on_delta(feed, first_id, last_id, 0, bids, asks, exchange_ts, receive_ts)
+            self.on_delta(feed, first_id, last_id, previous_id, bids, asks, exchange_ts, receive_ts)
             return _CONTINUE
         if kind == "aggTrade":
             self._on_trade(event, receive_ts, connection)
             return _CONTINUE
-        if kind is None and "u" in event and "A" in event:
+        if kind == "bookTicker" or (kind is None and "u" in event and "A" in event):  # futures name it, spot not
             self._on_book_ticker(event, receive_ts, connection)
             return _CONTINUE
         if kind == "serverShutdown":

@@ -47,6 +47,7 @@ from actors.connectors.binance import (
     DEPTH_STREAM,
     BinanceSimSession,
     BinanceSpotConnector,
+    DepthUpdate,
     combined_stream_url,
     parse_depth_snapshot,
     parse_depth_update,
@@ -75,8 +76,6 @@ BINANCE_FUTURES_SYNC = SyncRule(
 
 _CONTINUE = ConnectionAction.CONTINUE  # a global: reading an enum member costs ~125 ns on 3.11
 
-FuturesDepthUpdate = tuple[str, int, int, int, list[list[str]], list[list[str]], int]
-"""(native symbol, U, u, pu, bids, asks, event time ns) of one futures depthUpdate."""
 
 
 # ---------------------------------------------------------------------------------------
@@ -104,10 +103,10 @@ def parse_futures_exchange_info(body: str | bytes) -> list[Instrument]:
     return instruments
 
 
-def parse_futures_depth_update(event: dict[str, Any]) -> FuturesDepthUpdate:
-    """Spot's depthUpdate fields plus ``pu``; raises KeyError/TypeError/ValueError on a
-    malformed event."""
-    symbol, first_id, last_id, bids, asks, exchange_ts = parse_depth_update(event)
+def parse_futures_depth_update(event: dict[str, Any]) -> DepthUpdate:
+    """Spot's depthUpdate fields with ``pu`` as the previous id; raises
+    KeyError/TypeError/ValueError on a malformed event."""
+    symbol, first_id, last_id, _, bids, asks, exchange_ts = parse_depth_update(event)
     previous_id = event["pu"]
     if previous_id.__class__ is not int:
         raise TypeError("depthUpdate pu must be an integer")
@@ -154,12 +153,14 @@ def depth_weight(limit: int) -> int:
 class BinanceFuturesConnector(BinanceSpotConnector):
     """Binance USD-M perpetual books, trades and (optionally) the bookTicker cross-check.
 
-    A subclass of the spot connector because the protocol is spot's: trades, bookTicker,
-    subscribe acks, errors and ``serverShutdown`` are handled by the inherited methods.
+    A subclass of the spot connector because the protocol is spot's: frame routing,
+    trades, bookTicker, subscribe acks, errors and ``serverShutdown`` are inherited; only
+    the depth parse (with ``pu``), the sync rule, URLs and routes differ.
     """
 
     name = NAME
     sync_rule = BINANCE_FUTURES_SYNC
+    parse_depth = staticmethod(parse_futures_depth_update)
     streams_per_connection = 200  # docs say 1024 or 200 depending on the page: design for 200
     ping_interval_s = None  # the server pings every 3 min; answering (websockets does) is enough
 
@@ -273,50 +274,6 @@ class BinanceFuturesConnector(BinanceSpotConnector):
         super()._on_subscribed(connection, receive_ts)
 
     # ---- frames ---------------------------------------------------------------------------
-
-    def on_message(self, connection: int, data: str | bytes, receive_ts: int) -> ConnectionAction:
-        """Route one frame; bad frames are counted and dropped, never raised."""
-        if self._resend_queue:
-            self.flush(receive_ts)
-        connection_counters = self.connection_counters[connection]
-        connection_counters.frames += 1
-        try:
-            event = orjson.loads(data)
-            wrapped = event.get("data")  # combined stream: {"stream":..,"data":{..}}
-            if wrapped is not None:
-                event = wrapped
-            kind = event.get("e")
-        except (orjson.JSONDecodeError, AttributeError, TypeError):
-            connection_counters.malformed_frames += 1
-            return _CONTINUE
-        if kind == "depthUpdate":
-            feed = self.feeds.get(event.get("s"))
-            if feed is None:
-                connection_counters.unknown_symbol_frames += 1
-                return _CONTINUE
-            try:
-                _symbol, first_id, last_id, previous_id, bids, asks, exchange_ts = parse_futures_depth_update(event)
-            except (KeyError, TypeError, ValueError):
-                feed.counters.parse_errors += 1
-                return _CONTINUE
-            self.on_delta(feed, first_id, last_id, previous_id, bids, asks, exchange_ts, receive_ts)
-            return _CONTINUE
-        if kind == "aggTrade":
-            self._on_trade(event, receive_ts, connection)
-            return _CONTINUE
-        if kind == "bookTicker":
-            self._on_book_ticker(event, receive_ts, connection)
-            return _CONTINUE
-        if kind == "serverShutdown":
-            connection_counters.server_shutdowns += 1
-            return ConnectionAction.RECONNECT
-        if kind is None and ("code" in event or "error" in event):
-            return self._on_error(event, connection)
-        if kind is None and "result" in event and event.get("id") == connection + 1:
-            self._on_subscribed(connection, receive_ts)
-            return _CONTINUE
-        connection_counters.ignored_frames += 1
-        return _CONTINUE
 
 
 # ---------------------------------------------------------------------------------------
