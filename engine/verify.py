@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import fields
@@ -34,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from actors.connectors import UnknownExchangeError, load_exchange_module
+from actors.connectors.base import RecordSink
 from shm.records import Kind
 from sim.recorded import LineKind, RecordedLine, read_recorded
 
@@ -104,8 +106,12 @@ def _files(files: list[Path]) -> tuple[Path | None, list[Path], list[Path]]:
     return metadata, sorted(http, key=number), sorted(ws, key=number)
 
 
-def verify_recording(prefix: str, files: list[Path]) -> dict[str, Any]:
-    """Replay one exchange's recording and report what the connector saw."""
+def verify_recording(
+    prefix: str, files: list[Path], timed: bool = False, sink: RecordSink | None = None
+) -> dict[str, Any]:
+    """Replay one exchange's recording and report what the connector saw. ``timed`` adds
+    ``handler_ns``, the time spent in the connector's ``on_message``, and ``sink`` replaces
+    the counting sink (bench/connectors.py times the path into a real ring)."""
     name = RECORDED_NAMES.get(prefix, prefix.lower())
     module = load_exchange_module(name)
     metadata, http_files, ws_files = _files(files)
@@ -113,7 +119,7 @@ def verify_recording(prefix: str, files: list[Path]) -> dict[str, Any]:
     configuration = next((line for line in metadata_lines if line.kind == LineKind.CONFIGURATION), None)
     configured = json.loads(configuration.payload) if configuration else {}
     symbols = [_canonical(symbol) for symbol in configured.get("l2_book", [])]
-    sink = CountingSink()
+    sink = CountingSink() if sink is None else sink
     connector = module.CONNECTOR(sink, 0, {symbol: index for index, symbol in enumerate(symbols)},
                                  **getattr(module, "RECORDED_OPTIONS", {}))
     responses = [line for line in metadata_lines if line.kind == LineKind.HTTP_RESPONSE]
@@ -124,7 +130,8 @@ def verify_recording(prefix: str, files: list[Path]) -> dict[str, Any]:
     frames = _merged_stream(ws_files, planned)
     pending: dict[str, RecordedLine] = {}
     opened: set[int] = set()
-    received = 0
+    received = handler_ns = 0
+    clock = time.perf_counter_ns
     for connection, line in frames:
         for symbol in [s for s, answer in pending.items() if answer.timestamp_ns <= line.timestamp_ns]:
             answer = pending.pop(symbol)
@@ -135,14 +142,22 @@ def verify_recording(prefix: str, files: list[Path]) -> dict[str, Any]:
                 connector.on_open(connection, line.timestamp_ns)
         elif line.kind == LineKind.RECEIVED:
             received += 1
-            connector.on_message(connection, line.payload, line.timestamp_ns)
+            if timed:
+                started = clock()
+                connector.on_message(connection, line.payload, line.timestamp_ns)
+                handler_ns += clock() - started
+            else:
+                connector.on_message(connection, line.payload, line.timestamp_ns)
         for request in connector.snapshot_requests(line.timestamp_ns):
             answer = _snapshot_for(request.native_symbol, snapshots)
             if answer is not None:
                 pending[request.native_symbol] = answer
     for symbol, answer in pending.items():
         connector.on_snapshot(symbol, answer.payload, answer.timestamp_ns)
-    return _report(prefix, name, connector, symbols, received, sink)
+    report = _report(prefix, name, connector, symbols, received, sink)
+    if timed:
+        report["handler_ns"] = handler_ns
+    return report
 
 
 def _instrument_response(url: str, responses: list[RecordedLine]) -> RecordedLine:
@@ -178,7 +193,7 @@ def _merged_stream(ws_files: list[Path], planned: int) -> list[tuple[int, Record
 
 
 def _report(
-    prefix: str, name: str, connector: Any, symbols: list[str], received: int, sink: CountingSink
+    prefix: str, name: str, connector: Any, symbols: list[str], received: int, sink: RecordSink
 ) -> dict[str, Any]:
     listed = [symbol for symbol in symbols if symbol not in connector.missing_symbols]
     totals: Counter[str] = Counter()
@@ -211,7 +226,7 @@ def _report(
         "trades": totals["trades"],
         "symbols": len(listed),
         "missing_symbols": list(connector.missing_symbols),
-        "records_written": {Kind(kind).name.lower(): count for kind, count in sorted(sink.kinds.items())},
+        "records_written": {Kind(kind).name.lower(): count for kind, count in sorted(getattr(sink, "kinds", {}).items())},
         "best": best,
     }
 
