@@ -120,7 +120,13 @@ class ConnectorActor(Actor):
             await asyncio.gather(*tasks, *self.snapshots_in_flight, return_exceptions=True)
 
     async def _load_instruments(self) -> None:
-        url = self.connector.instruments_url
+        """Every metadata request of the venue, each retried with backoff until it answers."""
+        for url in self.connector.instruments_urls:
+            await self._load_instruments_from(url)
+            if self.stopping.is_set():
+                return
+
+    async def _load_instruments_from(self, url: str) -> None:
         delay = self.settings.reconnect_backoff_initial_s
         while not self.stopping.is_set():
             try:

@@ -13,7 +13,8 @@ instruments, open, every frame in receive order, snapshot requests — with no n
   (not the same URL: recordings come from other hosts and API versions), at the moment
   the recording received it, so frames that arrived before it are buffered as live;
 - an exchange module whose live protocol differs from the recorded generation names the
-  constructor arguments that select the recorded one in ``RECORDED_OPTIONS``.
+  constructor arguments that select the recorded one in ``RECORDED_OPTIONS`` (``None``: the
+  module does not read that generation, e.g. Bybit's retired v2).
 
 Each recording yields one JSON object; the run fails (exit 1) if any checksum failed, a
 gap was found, a frame could not be parsed or the venue's own top of book (Binance
@@ -55,6 +56,10 @@ RECORDED_NAMES = {
     "GATEIO": "gateio",
 }
 _FILE_NAME = re.compile(r"^(?P<prefix>[A-Z_]+)\.(?:(?P<kind>http|ws)\.(?P<number>\d+)\.)?0$")
+
+
+class UnreadableRecording(LookupError):
+    """A recording of an exchange (or protocol generation) coby has no reader for."""
 
 
 class CountingSink:
@@ -119,12 +124,15 @@ def verify_recording(
     configuration = next((line for line in metadata_lines if line.kind == LineKind.CONFIGURATION), None)
     configured = json.loads(configuration.payload) if configuration else {}
     symbols = [_canonical(symbol) for symbol in configured.get("l2_book", [])]
+    options = getattr(module, "RECORDED_OPTIONS", {})
+    if options is None:
+        raise UnreadableRecording(f"{name}: coby's connector does not read this recorded generation")
     sink = CountingSink() if sink is None else sink
-    connector = module.CONNECTOR(sink, 0, {symbol: index for index, symbol in enumerate(symbols)},
-                                 **getattr(module, "RECORDED_OPTIONS", {}))
+    connector = module.CONNECTOR(sink, 0, {symbol: index for index, symbol in enumerate(symbols)}, **options)
     responses = [line for line in metadata_lines if line.kind == LineKind.HTTP_RESPONSE]
     if responses:
-        connector.load_instruments(_instrument_response(connector.instruments_url, responses).payload)
+        for url in connector.instruments_urls:
+            connector.load_instruments(_instrument_response(url, responses).payload)
     snapshots = [line for path in http_files for line in read_recorded(path) if line.kind == LineKind.HTTP_RESPONSE]
     planned = max(len(connector.connection_plan()), 1)
     frames = _merged_stream(ws_files, planned)
@@ -161,13 +169,17 @@ def verify_recording(
 
 
 def _instrument_response(url: str, responses: list[RecordedLine]) -> RecordedLine:
-    """The recorded metadata response for the module's instruments URL (by path, any host)."""
-    wanted = _path(url)
-    return next((line for line in responses if _path(line.url) == wanted), responses[0])
+    """The recorded metadata response for one of the module's instruments URLs: same path
+    and query (any host), else same path, else the recording's first."""
+    path, query = _path_and_query(url)
+    same_path = [line for line in responses if _path_and_query(line.url)[0] == path]
+    exact = [line for line in same_path if _path_and_query(line.url)[1] == query]
+    return (exact or same_path or responses)[0]
 
 
-def _path(url: str) -> str:
-    return re.sub(r"^[a-z]+://[^/]+", "", url).split("?")[0].rstrip("/")
+def _path_and_query(url: str) -> tuple[str, frozenset[str]]:
+    path, _, query = re.sub(r"^[a-z]+://[^/]+", "", url).partition("?")
+    return path.rstrip("/"), frozenset(part for part in query.split("&") if part)
 
 
 def _snapshot_for(native_symbol: str, snapshots: list[RecordedLine]) -> RecordedLine | None:
@@ -247,8 +259,11 @@ def main(paths: list[str]) -> int:
     for prefix, files in sorted(grouped.items()):
         try:
             report = verify_recording(prefix, files)
-        except UnknownExchangeError as error:  # an exchange coby has no module for (yet)
+        except (UnknownExchangeError, UnreadableRecording) as error:
             report = {"recording": prefix, "error": str(error)}
+            code = 1
+        except Exception as error:  # a connector bug: reported for this recording, the others still run
+            report = {"recording": prefix, "error": f"{type(error).__name__}: {error}"}
             code = 1
         else:
             code |= failed(report)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -163,7 +164,7 @@ def test_kill_9_of_a_connector_under_load_is_excluded_resynced_and_never_shown_h
 def test_demo_runs_offline_prints_the_book_and_leaves_no_segment() -> None:
     instance = unique_instance("demo")
     result = subprocess.run(
-        [sys.executable, "-m", "engine.cli", "demo", "--seconds", "6", "--instance", instance],
+        [sys.executable, "-m", "engine.cli", "demo", "--seconds", "8", "--instance", instance],
         capture_output=True,
         text=True,
         timeout=120,
@@ -171,7 +172,7 @@ def test_demo_runs_offline_prints_the_book_and_leaves_no_segment() -> None:
     )
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.strip().splitlines()
-    assert lines[-1].startswith("demo ok: 6s, 3 symbols, 3/3 exchange books synced"), lines[-1]
+    assert re.match(r"demo ok: \d+s, 3 symbols, 3/3 exchange books synced", lines[-1]), lines[-1]
     assert any("BTC/USDT" in line and " bid " in line and "binance:in_sync" in line for line in lines)
     assert list_segments(instance) == []
 
@@ -213,4 +214,40 @@ def test_demo_with_six_venues_syncs_every_configured_book_through_the_real_runti
     assert any(
         "binance:in_sync gateio:in_sync kraken:in_sync kucoin:in_sync" in line for line in consolidated
     ), consolidated[-3:]
+    assert list_segments(instance) == []
+
+
+STREAM_SEEDED_VENUES_CONFIG = """
+exchanges:
+  coinbase: {symbols: [BTC/USD], ws_url: "wss://ws-feed.exchange.coinbase.com", rest_url: "https://api.exchange.coinbase.com"}
+  okx: {symbols: [BTC/USDT, BTC/USDT:PERP], ws_url: "wss://ws.okx.com:8443/ws/v5/public", rest_url: "https://www.okx.com"}
+  bitfinex: {symbols: [BTC/USD], ws_url: "wss://api-pub.bitfinex.com/ws/2", rest_url: "https://api-pub.bitfinex.com"}
+  bybit: {symbols: [BTC/USDT, BTC/USDT:PERP], ws_url: "wss://stream.bybit.com/v5/public", rest_url: "https://api.bybit.com"}
+  htx: {symbols: [BTC/USDT, ETH/USDT], ws_url: "wss://api.huobi.pro/feed", rest_url: "https://api.huobi.pro"}
+simulator:
+  symbols:
+    BTC/USDT: {mid: 60000.0, tick: 0.01, lot: 0.00001, order_size: 0.05}
+    ETH/USDT: {mid: 3000.0, tick: 0.01, lot: 0.0001, order_size: 0.5}
+    BTC/USD: {mid: 60000.0, tick: 0.01, lot: 0.00001, order_size: 0.05}
+    BTC/USDT:PERP: {mid: 60000.0, tick: 0.1, lot: 0.001, order_size: 0.05}
+"""
+
+
+def test_demo_with_the_stream_seeded_venues_syncs_every_configured_book(tmp_path) -> None:
+    """Coinbase, OKX (two instrument requests), Bitfinex (SEQ_ALL + checksums), Bybit (one
+    connection per category) and HTX (gzip binary frames, pong replies) through the runtime."""
+    config = tmp_path / "config.yaml"
+    config.write_text(STREAM_SEEDED_VENUES_CONFIG)
+    instance = unique_instance("multi")
+    result = subprocess.run(
+        [sys.executable, "-m", "engine.cli", "--config", str(config), "demo", "--seconds", "12", "--instance", instance],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=os.getcwd(),
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert "8/8 exchange books synced" in result.stdout.strip().splitlines()[-1]
+    perpetual = [line for line in result.stdout.splitlines() if line.startswith("BTC/USDT:PERP") and " bid " in line]
+    assert any("bybit:in_sync okx:in_sync" in line for line in perpetual), perpetual[-3:]
     assert list_segments(instance) == []

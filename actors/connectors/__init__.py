@@ -13,10 +13,15 @@ from types import ModuleType
 EXCHANGE_MODULES = {
     "binance": "actors.connectors.binance",
     "kraken": "actors.connectors.kraken",
+    "bitfinex": "actors.connectors.bitfinex",
+    "bybit": "actors.connectors.bybit",
     "kucoin": "actors.connectors.kucoin",
     "bitstamp": "actors.connectors.bitstamp",
     "binance_futures": "actors.connectors.binance_futures",
     "gateio": "actors.connectors.gateio",
+    "coinbase": "actors.connectors.coinbase",
+    "htx": "actors.connectors.htx",
+    "okx": "actors.connectors.okx",
 }
 
 

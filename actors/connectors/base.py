@@ -10,7 +10,8 @@ How the runtime drives a :class:`Connector`. Two clocks: ``snapshot_requests`` a
 slewed or stepped — on our CI host it runs 0.5% fast — and a Retry-After honoured on it
 can expire early); every other timestamp is ``time.time_ns()`` (it stamps records):
 
-1. ``GET connector.instruments_url``; pass the body to ``connector.load_instruments(body)``.
+1. For each URL of ``connector.instruments_urls`` (usually one): ``GET`` it and pass the
+   body to ``connector.load_instruments(body)``.
 2. ``connector.connection_plan()`` lists one :class:`ConnectionSpec` per WebSocket
    connection (URL, ping and staleness intervals). Index ``i`` in that list is the
    connection index used below.
@@ -605,10 +606,17 @@ class Connector(ABC):
     """The sans-IO surface every exchange module offers the runtime (see module docstring)."""
 
     name: str
+    book_depths: tuple[int, ...] = ()  # the only book depths a venue offers; () = any depth
 
     @property
     @abstractmethod
     def instruments_url(self) -> str: ...
+
+    @property
+    def instruments_urls(self) -> list[str]:
+        """Every metadata request, in order (OKX lists spot and swaps apart); the runtime
+        hands each body to :meth:`load_instruments` before asking for the connection plan."""
+        return [self.instruments_url]
 
     @abstractmethod
     def load_instruments(self, body: str | bytes) -> list[Instrument]: ...
@@ -645,7 +653,12 @@ class Connector(ABC):
         cls, sink: RecordSink, exchange_id: int, symbol_ids: Mapping[str, int], settings: "ExchangeSettings"
     ) -> "Connector":
         """The connector an ``exchanges.<name>`` config section asks for (the runtime's
-        way in). Empty URLs keep the venue's own; a venue whose options differ overrides."""
+        way in). Empty URLs keep the venue's own; a venue that offers a few book depths only
+        (``book_depths``) gets the deepest not above ``snapshot_depth``; a venue whose options
+        differ overrides."""
+        depth = settings.snapshot_depth
+        if cls.book_depths:
+            depth = max((offered for offered in cls.book_depths if offered <= depth), default=min(cls.book_depths))
         urls = {}
         if settings.ws_url:
             urls["ws_base_url"] = settings.ws_url
@@ -655,8 +668,8 @@ class Connector(ABC):
             sink,
             exchange_id,
             symbol_ids,
-            snapshot_limit=settings.snapshot_depth,
-            depth_limit=settings.snapshot_depth,
+            snapshot_limit=depth,
+            depth_limit=depth,
             stale_after_s=settings.stale_after_s,
             **urls,
         )

@@ -230,6 +230,7 @@ class KrakenConnector(StreamSeededConnector):
     """Kraken spot books (checksummed) and trades, over WebSocket v2 or v1."""
 
     name = NAME
+    book_depths = BOOK_DEPTHS
     book_checksum = KRAKEN
     symbols_per_connection = 50
     application_ping_interval_s = 30.0  # the server's heartbeats keep us informed; pings keep it talking

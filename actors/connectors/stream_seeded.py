@@ -556,7 +556,7 @@ class StreamSeededConnector(Connector):
             else:
                 bids = _load_side(raw_bids, book.bid_tokens, book_checksum.bid_token)
                 asks = _load_side(raw_asks, book.ask_tokens, book_checksum.ask_token)
-        except (ValueError, TypeError, AttributeError):
+        except (ValueError, TypeError, AttributeError, LookupError):  # LookupError: a short or dict level
             counters.parse_errors += 1
             self.resync(feed, Reason.MALFORMED, receive_ts)
             return
@@ -626,7 +626,7 @@ class StreamSeededConnector(Connector):
                 count = apply_text_levels(
                     book, records, raw_bids, raw_asks, book_checksum, sequence, exchange_ts, receive_ts
                 )
-        except (ValueError, TypeError, AttributeError):
+        except (ValueError, TypeError, AttributeError, LookupError):  # LookupError: a short or dict level
             # Part of a bad frame may be applied, and the frame is lost anyway: resync.
             counters.parse_errors += 1
             counters.frames_dropped += 1
