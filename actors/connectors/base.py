@@ -807,7 +807,61 @@ class SymbolFeed:
         self.expected_tops: list[tuple[int, Level, Level]] = []  # (update id, best bid, best ask)
 
 
-class RestSeededConnector(Connector):
+class BookResender:
+    """What a connector owes its consumer after a refused ring write (overflow) or a consumer
+    restart: every book again, a snapshot if in sync, else CLEAR, written as room allows.
+
+    Shared by both connector families; they provide ``feeds`` (by native symbol),
+    ``output`` (:class:`RecordOutput`), ``_resend_queue`` (a list) and
+    :meth:`_book_sequence` (the venue's id of the last update a book holds).
+    """
+
+    def _book_sequence(self, feed) -> int:
+        raise NotImplementedError
+
+    def request_full_resend(self) -> None:
+        """Owe the consumer every book again (after a ring overflow or a consumer restart)."""
+        queue = self._resend_queue
+        for feed in self.feeds.values():
+            if not feed.resend_pending:
+                feed.resend_pending = True
+                queue.append(feed)
+
+    def _after_write(self) -> None:
+        if self.output.overflowed:
+            self.output.overflowed = False
+            self.request_full_resend()
+
+    def flush(self, now_ns: int) -> None:
+        """Write owed books while the sink has room: a snapshot if in sync, else CLEAR."""
+        if not self._resend_queue:
+            return
+        free = self.output.free()
+        remaining = []
+        for feed in self._resend_queue:
+            if not feed.resend_pending:
+                continue
+            live = feed.state == SyncState.LIVE
+            needed = len(feed.book) + 3 if live else 2
+            if needed > free:
+                remaining.append(feed)
+                continue
+            if live:
+                written = feed.records.snapshot(
+                    feed.book, self._book_sequence(feed), feed.counters.last_exchange_ts, now_ns
+                )
+            else:
+                written = feed.records.clear(Reason.RING_OVERFLOW, _status_of(feed.state), now_ns)
+            if not written:  # the consumer has not caught up after all: try again later
+                self.output.overflowed = False
+                remaining.append(feed)
+                continue
+            feed.resend_pending = False
+            free -= needed
+        self._resend_queue = remaining
+
+
+class RestSeededConnector(BookResender, Connector):
     """Generic connector for venues whose books are seeded by a REST snapshot.
 
     A venue module subclasses it, declares its data (``name``, ``sync_rule``, limits)
@@ -1255,45 +1309,8 @@ class RestSeededConnector(Connector):
             feed.resend_pending = False
         self._after_write()
 
-    # ---- overflow ----------------------------------------------------------------------
-
-    def request_full_resend(self) -> None:
-        """Owe the consumer every book again (after a ring overflow or a consumer restart)."""
-        queue = self._resend_queue
-        for feed in self.feeds.values():
-            if not feed.resend_pending:
-                feed.resend_pending = True
-                queue.append(feed)
-
-    def _after_write(self) -> None:
-        if self.output.overflowed:
-            self.output.overflowed = False
-            self.request_full_resend()
-
-    def flush(self, now_ns: int) -> None:
-        """Write owed books while the sink has room: a snapshot if in sync, else CLEAR."""
-        if not self._resend_queue:
-            return
-        free = self.output.free()
-        remaining = []
-        for feed in self._resend_queue:
-            if not feed.resend_pending:
-                continue
-            needed = len(feed.book) + 3 if feed.state == SyncState.LIVE else 2
-            if needed > free:
-                remaining.append(feed)
-                continue
-            if feed.state == SyncState.LIVE:
-                written = feed.records.snapshot(feed.book, feed.last_id, feed.counters.last_exchange_ts, now_ns)
-            else:
-                written = feed.records.clear(Reason.RING_OVERFLOW, _status_of(feed.state), now_ns)
-            if not written:  # the consumer has not caught up after all: try again later
-                self.output.overflowed = False
-                remaining.append(feed)
-                continue
-            feed.resend_pending = False
-            free -= needed
-        self._resend_queue = remaining
+    def _book_sequence(self, feed: SymbolFeed) -> int:
+        return feed.last_id
 
 
 def _status_of(state: SyncState) -> Status:
@@ -1328,6 +1345,7 @@ __all__ = [
     "Connector",
     "Delta",
     "HttpRequest",
+    "BookResender",
     "KeepAlive",
     "OutgoingMessage",
     "Instrument",

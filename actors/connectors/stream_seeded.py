@@ -60,6 +60,7 @@ import numpy as np
 
 from actors.connectors.base import (
     INF,
+    BookResender,
     ConnectionAction,
     ConnectionCounters,
     ConnectionSpec,
@@ -302,7 +303,7 @@ def _load_side(
 # Connector
 
 
-class StreamSeededConnector(Connector):
+class StreamSeededConnector(BookResender, Connector):
     """Generic connector for venues that send the book snapshot on the subscription."""
 
     book_checksum: BookChecksum | None = None
@@ -720,47 +721,8 @@ class StreamSeededConnector(Connector):
     def on_snapshot_failed(self, native_symbol: str, now_ns: int, retry_after_s: float | None = None) -> None:
         """Never requested: the snapshot arrives in the stream."""
 
-    # ---- overflow ----------------------------------------------------------------------
-
-    def request_full_resend(self) -> None:
-        """Owe the consumer every book again (after a ring overflow or a consumer restart)."""
-        queue = self._resend_queue
-        for feed in self.feeds.values():
-            if not feed.resend_pending:
-                feed.resend_pending = True
-                queue.append(feed)
-
-    def _after_write(self) -> None:
-        if self.output.overflowed:
-            self.output.overflowed = False
-            self.request_full_resend()
-
-    def flush(self, now_ns: int) -> None:
-        """Write owed books while the sink has room: a snapshot if live, else CLEAR."""
-        if not self._resend_queue:
-            return
-        free = self.output.free()
-        remaining = []
-        for feed in self._resend_queue:
-            if not feed.resend_pending:
-                continue
-            live = feed.state is _LIVE
-            needed = len(feed.book) + 3 if live else 2
-            if needed > free:
-                remaining.append(feed)
-                continue
-            if live:
-                written = feed.records.snapshot(feed.book, feed.last_sequence, feed.counters.last_exchange_ts, now_ns)
-            else:
-                status = Status.DISCONNECTED if feed.state is _IDLE else Status.SYNCING
-                written = feed.records.clear(Reason.RING_OVERFLOW, status, now_ns)
-            if not written:  # the consumer has not caught up after all: try again later
-                self.output.overflowed = False
-                remaining.append(feed)
-                continue
-            feed.resend_pending = False
-            free -= needed
-        self._resend_queue = remaining
+    def _book_sequence(self, feed: StreamFeed) -> int:
+        return feed.last_sequence
 
 
 def _clear_batch(
