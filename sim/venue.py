@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
+from datetime import datetime, timezone
+from decimal import Decimal
 from typing import Any
 from dataclasses import dataclass, field
 
@@ -67,3 +69,15 @@ class SimulatedVenue(ABC):
     @abstractmethod
     def encode_step(self, step: MarketStep) -> Any:
         """Encode this venue's events of a step once; sessions pick their frames from it."""
+
+
+def decimal_places(step: str) -> int:
+    """Digits after the point a tick or lot step needs (``"0.0100"`` → 2)."""
+    return max(0, -Decimal(step).normalize().as_tuple().exponent)
+
+
+def rfc3339_micros(timestamp_ns: int) -> str:
+    """``"2021-04-17T16:43:37.075687Z"``: how Coinbase and Kraken v2 stamp their messages."""
+    seconds, nanoseconds = divmod(timestamp_ns, 1_000_000_000)
+    whole = datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{whole}.{nanoseconds // 1000:06d}Z"

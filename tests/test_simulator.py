@@ -4,23 +4,25 @@ driven against it over real sockets on 127.0.0.1."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 
 import aiohttp
 import orjson
 import pytest
 from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.exceptions import InvalidStatus
 
-from actors.connectors.base import ConnectionAction, SyncState
+from actors.connectors.base import SyncState
 from actors.connectors.binance import BinanceSpotConnector, BinanceSpotSimulatedVenue
-from shm.records import Kind, Reason, Side
+from shm.records import Reason, Side
 from sim.market import Market, SymbolSpec, VenueSpec, default_market
 from sim.recorded import LineKind, RecordedLine, parse_line
-from sim.server import Simulator, VenueServer
+from tests.venue_harness import (
+    RuntimeStandIn,
+    reasons_of_clears,
+    run,
+    running,
+    wait_until,
+)
 
 VENUE = "binance"
 SYMBOL_IDS = {"BTC/USDT": 1, "ETH/USDT": 2, "NKN/USDT": 3}
@@ -129,138 +131,28 @@ def test_recorded_line_kinds(line: str, expected: RecordedLine) -> None:
     assert parse_line(line) == expected
 
 
-# ---- a stand-in for the connector runtime ----------------------------------------------------
+# ---- the Binance connector in the shared stand-in runtime ------------------------------------
 
 
-class RuntimeStandIn:
-    """The least of what actors/connector.py does around the sans-IO module: a websockets
-    client per planned connection, an aiohttp client for REST, and a timer."""
-
-    def __init__(self, connector: BinanceSpotConnector, http: aiohttp.ClientSession) -> None:
-        self.connector = connector
-        self.http = http
-        self._tasks: list[asyncio.Task[None]] = []
-
-    async def start(self) -> None:
-        async with self.http.get(self.connector.instruments_url) as response:
-            self.connector.load_instruments(await response.read())
-        for index, spec in enumerate(self.connector.connection_plan()):
-            self._tasks.append(asyncio.create_task(self._connection(index, spec.url)))
-        self._tasks.append(asyncio.create_task(self._timer()))
-
-    async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    async def _connection(self, index: int, url: str) -> None:
-        while True:
-            with contextlib.suppress(ConnectionClosed, OSError):
-                async with connect(url, proxy=None, compression=None) as websocket:
-                    for message in self.connector.on_open(index, time.time_ns()):
-                        await websocket.send(message)
-                    async for frame in websocket:
-                        if self.connector.on_message(index, frame, time.time_ns()) == ConnectionAction.RECONNECT:
-                            break
-            self.connector.on_close(index, time.time_ns())
-            await asyncio.sleep(0.02)
-
-    async def _timer(self) -> None:
-        while True:
-            for request in self.connector.snapshot_requests(time.monotonic_ns()):
-                self._tasks.append(asyncio.create_task(self._fetch(request.native_symbol, request.url)))
-            self.connector.flush(time.time_ns())
-            await asyncio.sleep(0.005)
-
-    async def _fetch(self, native_symbol: str, url: str) -> None:
-        try:
-            async with self.http.get(url) as response:
-                body = await response.read()
-                retry_after = response.headers.get("Retry-After")
-        except aiohttp.ClientError:
-            self.connector.on_snapshot_failed(native_symbol, time.monotonic_ns())
-            return
-        if response.status == 200:
-            self.connector.on_snapshot(native_symbol, body, time.time_ns())
-        else:
-            retry_after_s = float(retry_after) if retry_after else None
-            self.connector.on_snapshot_failed(native_symbol, time.monotonic_ns(), retry_after_s)
-
-
-@dataclass
-class Harness:
-    simulator: Simulator
-    venue: VenueServer
-    connector: BinanceSpotConnector
-    sink: object
-
-    @property
-    def market(self) -> Market:
-        return self.simulator.market
-
-    def caught_up(self) -> bool:
-        """Every book in sync and at the venue's latest update id."""
-        return all(
-            feed.state == SyncState.LIVE
-            and feed.last_id == self.market.book(VENUE, feed.instrument.canonical).last_update_id
-            for feed in self.connector.feeds.values()
-        )
-
-    async def paused_and_caught_up(self) -> None:
-        self.simulator.pause()
-        await wait_until(self.caught_up)
-
-    def assert_books_equal_truth(self) -> None:
-        books = self.sink.books()
-        for symbol, symbol_id in SYMBOL_IDS.items():
-            truth_bids, truth_asks = self.market.truth(VENUE, symbol)
-            book = self.connector.book(symbol)
-            assert book.bid_levels() == truth_bids, symbol
-            assert book.ask_levels() == truth_asks, symbol
-            assert books[symbol_id] == (dict(truth_bids), dict(truth_asks)), symbol
-
-
-async def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out waiting for {condition}")
-        await asyncio.sleep(0.005)
-
-
-@contextlib.asynccontextmanager
-async def harness(sink_factory, seed: int = 3, start_runtime: bool = True, **options) -> AsyncIterator[Harness]:
+def harness(sink_factory, seed: int = 3, start_runtime: bool = True, **options):
     market = default_market((VENUE,), seed=seed)
-    simulator = Simulator(market, cadence_s=0.01)
-    venue = simulator.add_venue(BinanceSpotSimulatedVenue(market, VENUE))
     sink = sink_factory()
-    async with simulator, aiohttp.ClientSession() as http:
+
+    def connector(server) -> BinanceSpotConnector:
         connector = BinanceSpotConnector(
             sink,
             1,
             SYMBOL_IDS,
-            rest_base_url=venue.http_url,
-            ws_base_url=venue.ws_url,
+            rest_base_url=server.http_url,
+            ws_base_url=server.ws_url,
             book_ticker_cross_check=True,
             **options,
         )
         connector.snapshot_retry_initial_s = 0.05
-        runtime = RuntimeStandIn(connector, http)
-        if start_runtime:
-            await runtime.start()
-        try:
-            yield Harness(simulator, venue, connector, sink)
-        finally:
-            await runtime.stop()
+        return connector
 
-
-def run(scenario, timeout: float = 20.0) -> None:
-    asyncio.run(asyncio.wait_for(scenario, timeout))
-
-
-def reasons_of_clears(sink, symbol_id: int) -> list[int]:
-    clears = sink.of_kind(Kind.CLEAR)
-    return clears[clears["symbol_id"] == symbol_id]["reason"].tolist()
+    venue = BinanceSpotSimulatedVenue(market, VENUE)
+    return running(market, venue, connector, sink, SYMBOL_IDS, start_runtime=start_runtime)
 
 
 # ---- the connector against the simulator -----------------------------------------------------
@@ -286,7 +178,7 @@ def test_injected_gap_clears_resyncs_and_converges_again(sink_factory) -> None:
     async def scenario() -> None:
         async with harness(sink_factory) as h:
             await wait_until(lambda: all(feed.state == SyncState.LIVE for feed in h.connector.feeds.values()))
-            h.venue.faults.drop_updates("BTC/USDT")
+            h.server.faults.drop_updates("BTC/USDT")
             await wait_until(lambda: h.connector.counters("BTC/USDT").gaps == 1)
             assert reasons_of_clears(h.sink, 1) == [Reason.SEQUENCE_GAP]
             await wait_until(lambda: h.connector.counters("BTC/USDT").snapshots == 2)
@@ -313,8 +205,8 @@ def test_disconnect_clears_then_reconnects_and_resyncs(sink_factory) -> None:
     async def scenario() -> None:
         async with harness(sink_factory) as h:
             await wait_until(lambda: all(feed.state == SyncState.LIVE for feed in h.connector.feeds.values()))
-            await h.venue.disconnect()
-            await wait_until(lambda: h.venue.connections_accepted == 2)
+            await h.server.disconnect()
+            await wait_until(lambda: h.server.connections_accepted == 2)
             assert reasons_of_clears(h.sink, 2) == [Reason.DISCONNECTED]
             await wait_until(lambda: all(h.connector.counters(symbol).snapshots == 2 for symbol in SYMBOL_IDS))
             await h.paused_and_caught_up()
@@ -326,8 +218,8 @@ def test_disconnect_clears_then_reconnects_and_resyncs(sink_factory) -> None:
 def test_snapshot_failures_and_429_are_retried_after_retry_after(sink_factory) -> None:
     async def scenario() -> None:
         async with harness(sink_factory, start_runtime=False) as h, aiohttp.ClientSession() as http:
-            h.venue.faults.fail_snapshots(1)
-            h.venue.faults.rate_limit_snapshots(1, retry_after_s=1)
+            h.server.faults.fail_snapshots(1)
+            h.server.faults.rate_limit_snapshots(1, retry_after_s=1)
             runtime = RuntimeStandIn(h.connector, http)
             await runtime.start()
             try:
@@ -336,7 +228,7 @@ def test_snapshot_failures_and_429_are_retried_after_retry_after(sink_factory) -
                 h.assert_books_equal_truth()
             finally:
                 await runtime.stop()
-            depth_requests = [(at, path) for at, path in h.venue.http_requests if path.startswith("/api/v3/depth")]
+            depth_requests = [(at, path) for at, path in h.server.http_requests if path.startswith("/api/v3/depth")]
             assert len(depth_requests) == len(SYMBOL_IDS) + 2
             rate_limited_at = depth_requests[1][0]
             assert all(at >= rate_limited_at + 1.0 for at, _ in depth_requests[len(SYMBOL_IDS) :])
@@ -349,13 +241,13 @@ def test_stall_then_resume_is_a_gap_that_resyncs(sink_factory) -> None:
     async def scenario() -> None:
         async with harness(sink_factory) as h:
             await wait_until(lambda: all(feed.state == SyncState.LIVE for feed in h.connector.feeds.values()))
-            h.venue.faults.stall()
+            h.server.faults.stall()
             await asyncio.sleep(0.05)
             frames = h.connector.connection_counters[0].frames
             steps = h.market.step_number
             await wait_until(lambda: h.market.step_number >= steps + 10)
             assert h.connector.connection_counters[0].frames == frames  # connected, but silent
-            h.venue.faults.resume()
+            h.server.faults.resume()
             await wait_until(lambda: all(h.connector.counters(symbol).gaps == 1 for symbol in SYMBOL_IDS))
             await h.paused_and_caught_up()
             h.assert_books_equal_truth()
@@ -367,7 +259,7 @@ def test_malformed_frame_is_counted_and_harmless(sink_factory) -> None:
     async def scenario() -> None:
         async with harness(sink_factory) as h:
             await wait_until(lambda: all(feed.state == SyncState.LIVE for feed in h.connector.feeds.values()))
-            h.venue.faults.send_malformed()
+            h.server.faults.send_malformed()
             await wait_until(lambda: h.connector.connection_counters[0].malformed_frames == 1)
             await h.paused_and_caught_up()
             h.assert_books_equal_truth()
@@ -382,7 +274,7 @@ def test_malformed_frame_is_counted_and_harmless(sink_factory) -> None:
 def test_rest_answers_in_binance_format(sink_factory) -> None:
     async def scenario() -> None:
         async with harness(sink_factory, start_runtime=False) as h, aiohttp.ClientSession() as http:
-            base = h.venue.http_url
+            base = h.server.http_url
             async with http.get(f"{base}/api/v3/exchangeInfo") as response:
                 instruments = {i.canonical: i for i in h.connector.parse_instruments(await response.read())}
             assert (instruments["BTC/USDT"].native, instruments["BTC/USDT"].tick_size) == ("BTCUSDT", 0.5)
@@ -404,14 +296,14 @@ def test_websocket_streams_subscriptions_and_refusals(sink_factory) -> None:
     async def scenario() -> None:
         async with harness(sink_factory, start_runtime=False) as h:
             h.simulator.pause()
-            async with connect(f"{h.venue.ws_url}/ws", proxy=None) as websocket:
+            async with connect(f"{h.server.ws_url}/ws", proxy=None) as websocket:
                 await websocket.send('{"method":"SUBSCRIBE","params":["nknusdt@depth@100ms"],"id":7}')
                 assert orjson.loads(await websocket.recv()) == {"result": None, "id": 7}
                 await websocket.send('{"method":"SUBSCRIBE","params":["nope@depth"],"id":8}')
                 assert orjson.loads(await websocket.recv())["code"] == 2
                 await websocket.send('{"method":"LIST_SUBSCRIPTIONS","id":9}')
                 assert orjson.loads(await websocket.recv()) == {"result": ["nknusdt@depth@100ms"], "id": 9}
-                await wait_until(lambda: h.venue.session_count == 1)
+                await wait_until(lambda: h.server.session_count == 1)
                 changes = []
                 while not changes:  # a quiet step may leave NKN/USDT untouched
                     changes = [c for c in (await h.simulator.step()).book_changes if c.symbol == "NKN/USDT"]
@@ -423,15 +315,15 @@ def test_websocket_streams_subscriptions_and_refusals(sink_factory) -> None:
                     change.first_update_id,
                     change.last_update_id,
                 )
-            combined = f"{h.venue.ws_url}/stream?streams=btcusdt@aggTrade/btcusdt@depth"
+            combined = f"{h.server.ws_url}/stream?streams=btcusdt@aggTrade/btcusdt@depth"
             async with connect(combined, proxy=None) as websocket:
-                await wait_until(lambda: h.venue.session_count == 1)
+                await wait_until(lambda: h.server.session_count == 1)
                 while not any(change.symbol == "BTC/USDT" for change in (await h.simulator.step()).book_changes):
                     pass
                 frame = orjson.loads(await websocket.recv())
                 assert frame["stream"] in ("btcusdt@aggTrade", "btcusdt@depth") and frame["data"]["s"] == "BTCUSDT"
             with pytest.raises(InvalidStatus):
-                async with connect(f"{h.venue.ws_url}/stream?streams=nope@depth", proxy=None):
+                async with connect(f"{h.server.ws_url}/stream?streams=nope@depth", proxy=None):
                     pass
 
     run(scenario())

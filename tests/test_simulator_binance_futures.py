@@ -4,25 +4,19 @@ and streams arrive only on their 2026 route."""
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
-
 import aiohttp
 import orjson
 import pytest
 from websockets.asyncio.client import connect
 
-from actors.connectors.base import SyncState
 from actors.connectors.binance_futures import (
     BinanceFuturesConnector,
     BinanceFuturesSimulatedVenue,
 )
 from shm.records import Reason
 from sim.market import Market, SymbolSpec, VenueSpec
-from sim.server import Simulator, VenueServer
 from sim.venue import HttpReply
-from tests.test_simulator import RuntimeStandIn, reasons_of_clears, run, wait_until
+from tests.venue_harness import reasons_of_clears, run, running, wait_until
 
 VENUE = "binance_futures"
 SYMBOL_IDS = {"BTC/USDT:PERP": 1, "ETH/USDT:PERP": 2}
@@ -35,74 +29,38 @@ SPECS = [
 ]
 
 
-@dataclass
-class Harness:
-    simulator: Simulator
-    venue: VenueServer
-    connector: BinanceFuturesConnector
-    sink: object
-
-    @property
-    def market(self) -> Market:
-        return self.simulator.market
-
-    def all_live(self) -> bool:
-        return all(feed.state == SyncState.LIVE for feed in self.connector.feeds.values())
-
-    def caught_up(self) -> bool:
-        """Every book in sync at the venue's latest id (or at a snapshot no event followed
-        yet, which names the next id)."""
-        return all(
-            feed.state == SyncState.LIVE
-            and feed.last_id - (not feed.bridged) == self.market.book(VENUE, feed.instrument.canonical).last_update_id
-            for feed in self.connector.feeds.values()
-        )
-
-    async def paused_and_caught_up(self) -> None:
-        self.simulator.pause()
-        await wait_until(self.caught_up)
-
-    def assert_books_equal_truth(self) -> None:
-        books = self.sink.books()
-        for symbol, symbol_id in SYMBOL_IDS.items():
-            truth_bids, truth_asks = self.market.truth(VENUE, symbol)
-            book = self.connector.book(symbol)
-            assert (book.bid_levels(), book.ask_levels()) == (truth_bids, truth_asks), symbol
-            assert books[symbol_id] == (dict(truth_bids), dict(truth_asks)), symbol
+def synced_id(feed) -> int:
+    """A book in sync stands at the venue's latest id, or at a snapshot no event followed
+    yet, which names the next id."""
+    return feed.last_id - (not feed.bridged)
 
 
-@contextlib.asynccontextmanager
-async def harness(sink_factory, seed: int = 4, start_runtime: bool = True, **options) -> AsyncIterator[Harness]:
+def harness(sink_factory, seed: int = 4, start_runtime: bool = True, **options):
     market = Market(SPECS, [VenueSpec(VENUE)], seed=seed)
-    simulator = Simulator(market, cadence_s=0.01)
-    venue = simulator.add_venue(BinanceFuturesSimulatedVenue(market))
     sink = sink_factory()
-    async with simulator, aiohttp.ClientSession() as http:
+
+    def connector(server) -> BinanceFuturesConnector:
         connector = BinanceFuturesConnector(
             sink,
             2,
             SYMBOL_IDS,
-            rest_base_url=venue.http_url,
-            ws_base_url=venue.ws_url,
+            rest_base_url=server.http_url,
+            ws_base_url=server.ws_url,
             book_ticker_cross_check=True,
             **options,
         )
         connector.snapshot_retry_initial_s = 0.05
-        runtime = RuntimeStandIn(connector, http)
-        if start_runtime:
-            await runtime.start()
-        try:
-            yield Harness(simulator, venue, connector, sink)
-        finally:
-            await runtime.stop()
+        return connector
 
+    venue = BinanceFuturesSimulatedVenue(market)
+    return running(market, venue, connector, sink, SYMBOL_IDS, start_runtime=start_runtime, synced_id=synced_id)
 
 def test_books_equal_the_simulators_truth_with_trades_on_the_market_route(sink_factory) -> None:
     async def scenario() -> None:
         async with harness(sink_factory) as h:
             await wait_until(h.all_live)
             plan = h.connector.connection_plan()
-            assert [spec.url.split("?")[0].removeprefix(h.venue.ws_url) for spec in plan] == [
+            assert [spec.url.split("?")[0].removeprefix(h.server.ws_url) for spec in plan] == [
                 "/public/stream",
                 "/market/stream",
             ]
@@ -123,7 +81,7 @@ def test_injected_gap_clears_resyncs_and_converges_again(sink_factory) -> None:
     async def scenario() -> None:
         async with harness(sink_factory) as h:
             await wait_until(h.all_live)
-            h.venue.faults.drop_updates("ETH/USDT:PERP")
+            h.server.faults.drop_updates("ETH/USDT:PERP")
             await wait_until(lambda: h.connector.counters("ETH/USDT:PERP").gaps == 1)
             assert reasons_of_clears(h.sink, 2) == [Reason.SEQUENCE_GAP]
             await wait_until(lambda: h.connector.counters("ETH/USDT:PERP").snapshots == 2)
@@ -137,7 +95,7 @@ def test_injected_gap_clears_resyncs_and_converges_again(sink_factory) -> None:
 def test_subscribe_by_message_on_both_routes(sink_factory) -> None:
     async def scenario() -> None:
         async with harness(sink_factory, subscribe_by_message=True) as h:
-            assert [spec.url.removeprefix(h.venue.ws_url) for spec in h.connector.connection_plan()] == [
+            assert [spec.url.removeprefix(h.server.ws_url) for spec in h.connector.connection_plan()] == [
                 "/public/ws",
                 "/market/ws",
             ]
@@ -153,7 +111,7 @@ def test_subscribe_by_message_on_both_routes(sink_factory) -> None:
 def test_rest_lists_only_perpetuals_and_checks_the_limit(sink_factory) -> None:
     async def scenario() -> None:
         async with harness(sink_factory, start_runtime=False) as h, aiohttp.ClientSession() as http:
-            base = h.venue.http_url
+            base = h.server.http_url
             async with http.get(f"{base}/fapi/v1/exchangeInfo") as response:
                 instruments = h.connector.parse_instruments(await response.read())
             assert sorted(i.canonical for i in instruments) == ["BTC/USDT:PERP", "ETH/USDT:PERP"]
@@ -176,8 +134,8 @@ def test_a_stream_is_delivered_only_on_its_route(sink_factory) -> None:
         async with harness(sink_factory, start_runtime=False) as h:
             h.simulator.pause()
             streams = "btcusdt@aggTrade/btcusdt@depth@100ms"
-            async with connect(f"{h.venue.ws_url}/public/stream?streams={streams}", proxy=None) as public:
-                await wait_until(lambda: h.venue.session_count == 1)
+            async with connect(f"{h.server.ws_url}/public/stream?streams={streams}", proxy=None) as public:
+                await wait_until(lambda: h.server.session_count == 1)
                 while not (await h.simulator.step()).trades:
                     pass
                 step = await h.simulator.step()
@@ -187,8 +145,8 @@ def test_a_stream_is_delivered_only_on_its_route(sink_factory) -> None:
                 received = [orjson.loads(frame)["stream"] async for frame in public]
             assert received and set(received) == {"btcusdt@depth@100ms"}
             frame = None
-            async with connect(f"{h.venue.ws_url}/market/ws/btcusdt@aggTrade", proxy=None) as market_route:
-                await wait_until(lambda: h.venue.session_count == 1)
+            async with connect(f"{h.server.ws_url}/market/ws/btcusdt@aggTrade", proxy=None) as market_route:
+                await wait_until(lambda: h.server.session_count == 1)
                 while not any(trade.symbol == "BTC/USDT:PERP" for trade in (await h.simulator.step()).trades):
                     pass
                 frame = orjson.loads(await market_route.recv())

@@ -4,22 +4,16 @@ books equal the simulator's truth level by level, a gap resyncs to it again, and
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
-
 import aiohttp
 import orjson
 import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from actors.connectors.base import SyncState
 from actors.connectors.gateio import GateioConnector, GateioSimulatedVenue
 from shm.records import Kind, Reason
 from sim.market import Market, SymbolSpec, VenueSpec
-from sim.server import Simulator, VenueServer
-from tests.test_simulator import RuntimeStandIn, reasons_of_clears, run, wait_until
+from tests.venue_harness import reasons_of_clears, run, running, wait_until
 
 VENUE = "gateio"
 SYMBOL_IDS = {"BTC/USDT": 1, "ETH/USDT": 2, "NKN/USDT": 3}
@@ -31,60 +25,20 @@ SPECS = [
 BOOK_DEPTH = 40  # the simulator keeps at most twice this a side: inside Gate's 100-level window
 
 
-@dataclass
-class Harness:
-    simulator: Simulator
-    venue: VenueServer
-    connector: GateioConnector
-    sink: object
-
-    @property
-    def market(self) -> Market:
-        return self.simulator.market
-
-    def all_live(self) -> bool:
-        return all(feed.state == SyncState.LIVE for feed in self.connector.feeds.values())
-
-    def caught_up(self) -> bool:
-        return all(
-            feed.state == SyncState.LIVE
-            and feed.last_id == self.market.book(VENUE, feed.instrument.canonical).last_update_id
-            for feed in self.connector.feeds.values()
-        )
-
-    async def paused_and_caught_up(self) -> None:
-        self.simulator.pause()
-        await wait_until(self.caught_up)
-
-    def assert_books_equal_truth(self) -> None:
-        books = self.sink.books()
-        for symbol, symbol_id in SYMBOL_IDS.items():
-            truth_bids, truth_asks = self.market.truth(VENUE, symbol)
-            book = self.connector.book(symbol)
-            assert (book.bid_levels(), book.ask_levels()) == (truth_bids, truth_asks), symbol
-            assert books[symbol_id] == (dict(truth_bids), dict(truth_asks)), symbol
-
-    def order_book_requests(self) -> int:
-        return sum(path.startswith("/api/v4/spot/order_book") for _, path in self.venue.http_requests)
+def order_book_requests(h) -> int:
+    return sum(path.startswith("/api/v4/spot/order_book") for _, path in h.server.http_requests)
 
 
-@contextlib.asynccontextmanager
-async def harness(sink_factory, seed: int = 6, start_runtime: bool = True) -> AsyncIterator[Harness]:
+def harness(sink_factory, seed: int = 6, start_runtime: bool = True):
     market = Market(SPECS, [VenueSpec(VENUE, depth=BOOK_DEPTH)], seed=seed)
-    simulator = Simulator(market, cadence_s=0.01)
-    venue = simulator.add_venue(GateioSimulatedVenue(market))
     sink = sink_factory()
-    async with simulator, aiohttp.ClientSession() as http:
-        connector = GateioConnector(sink, 11, SYMBOL_IDS, rest_base_url=venue.http_url, ws_base_url=venue.ws_url)
-        connector.snapshot_retry_initial_s = 0.05
-        runtime = RuntimeStandIn(connector, http)
-        if start_runtime:
-            await runtime.start()
-        try:
-            yield Harness(simulator, venue, connector, sink)
-        finally:
-            await runtime.stop()
 
+    def connector(server) -> GateioConnector:
+        connector = GateioConnector(sink, 11, SYMBOL_IDS, rest_base_url=server.http_url, ws_base_url=server.ws_url)
+        connector.snapshot_retry_initial_s = 0.05
+        return connector
+
+    return running(market, GateioSimulatedVenue(market), connector, sink, SYMBOL_IDS, start_runtime=start_runtime)
 
 def test_books_equal_the_simulators_truth(sink_factory) -> None:
     async def scenario() -> None:
@@ -107,7 +61,7 @@ def test_injected_gap_clears_resyncs_and_converges_again(sink_factory) -> None:
     async def scenario() -> None:
         async with harness(sink_factory) as h:
             await wait_until(h.all_live)
-            h.venue.faults.drop_updates("BTC/USDT")
+            h.server.faults.drop_updates("BTC/USDT")
             await wait_until(lambda: h.connector.counters("BTC/USDT").gaps == 1)
             assert reasons_of_clears(h.sink, 1) == [Reason.SEQUENCE_GAP]
             await wait_until(lambda: h.connector.counters("BTC/USDT").snapshots == 2)
@@ -122,13 +76,13 @@ def test_full_book_push_replaces_the_book_without_a_rest_request(sink_factory) -
     async def scenario() -> None:
         async with harness(sink_factory) as h:
             await wait_until(h.all_live)
-            requests = h.order_book_requests()
+            requests = order_book_requests(h)
             snapshot_batches = len(h.sink.of_kind(Kind.SNAPSHOT_END))
-            h.venue.venue.push_full_book("ETH/USDT")
+            h.venue.push_full_book("ETH/USDT")
             await wait_until(lambda: h.connector.counters("ETH/USDT").snapshots == 2)
             await h.paused_and_caught_up()
             h.assert_books_equal_truth()
-            assert h.order_book_requests() == requests
+            assert order_book_requests(h) == requests
             assert len(h.sink.of_kind(Kind.SNAPSHOT_END)) == snapshot_batches + 1
             assert h.connector.counters("ETH/USDT").resyncs == 0
 
@@ -138,7 +92,7 @@ def test_full_book_push_replaces_the_book_without_a_rest_request(sink_factory) -
 def test_rest_answers_in_gate_format(sink_factory) -> None:
     async def scenario() -> None:
         async with harness(sink_factory, start_runtime=False) as h, aiohttp.ClientSession() as http:
-            base = h.venue.http_url
+            base = h.server.http_url
             async with http.get(f"{base}/api/v4/spot/currency_pairs") as response:
                 instruments = {i.canonical: i for i in h.connector.parse_instruments(await response.read())}
             assert (instruments["NKN/USDT"].native, instruments["NKN/USDT"].tick_size) == ("NKN_USDT", 0.0001)
@@ -163,7 +117,7 @@ def test_websocket_subscribe_ping_and_updates(sink_factory) -> None:
     async def scenario() -> None:
         async with harness(sink_factory, start_runtime=False) as h:
             h.simulator.pause()
-            async with connect(f"{h.venue.ws_url}/ws/v4/", proxy=None) as websocket:
+            async with connect(f"{h.server.ws_url}/ws/v4/", proxy=None) as websocket:
                 subscribe = {"time": 1, "id": 7, "channel": "spot.order_book_update", "event": "subscribe"}
                 await websocket.send(orjson.dumps(subscribe | {"payload": ["NKN_USDT", "100ms"]}).decode())
                 ack = orjson.loads(await websocket.recv())
@@ -179,7 +133,7 @@ def test_websocket_subscribe_ping_and_updates(sink_factory) -> None:
                 await websocket.send('{"time":1,"channel":"spot.ping"}')
                 pong = orjson.loads(await websocket.recv())
                 assert (pong["channel"], pong["event"], pong["result"]) == ("spot.pong", "", None)
-                await wait_until(lambda: h.venue.session_count == 1)
+                await wait_until(lambda: h.server.session_count == 1)
                 changes = []
                 while not changes:  # a quiet step may leave NKN/USDT untouched
                     changes = [c for c in (await h.simulator.step()).book_changes if c.symbol == "NKN/USDT"]
@@ -193,7 +147,7 @@ def test_websocket_subscribe_ping_and_updates(sink_factory) -> None:
                     change.last_update_id,
                 )
             with pytest.raises(InvalidStatus):
-                async with connect(f"{h.venue.ws_url}/ws/v3/", proxy=None):
+                async with connect(f"{h.server.ws_url}/ws/v3/", proxy=None):
                     pass
 
     run(scenario())

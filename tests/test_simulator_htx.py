@@ -5,74 +5,30 @@ the same connection and converges to the truth again."""
 
 from __future__ import annotations
 
-import contextlib
 import gzip
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
-import aiohttp
 import orjson
 
-from actors.connectors.base import SyncState
 from actors.connectors.htx import HtxConnector, HtxSimulatedVenue
 from shm.records import Kind, Reason
 from sim.market import default_market
-from sim.server import Simulator, VenueServer
-from tests.test_simulator_kraken import RuntimeStandIn, run, wait_until
+from tests.venue_harness import run, running, wait_until
 
 VENUE = "htx"
 SYMBOL_IDS = {"BTC/USDT": 1, "ETH/USDT": 2, "NKN/USDT": 3}
 DEPTH = 20  # the simulated venue keeps 60 levels a side: the window matters
 
 
-@dataclass
-class Harness:
-    simulator: Simulator
-    server: VenueServer
-    venue: HtxSimulatedVenue
-    connector: HtxConnector
-    sink: object
-
-    def all_live(self) -> bool:
-        return all(feed.state == SyncState.LIVE for feed in self.connector.feeds.values())
-
-    def equals_truth(self) -> bool:
-        for symbol in SYMBOL_IDS:
-            bids, asks = self.simulator.market.truth(VENUE, symbol, DEPTH)
-            book = self.connector.book(symbol)
-            if book.bid_levels() != bids or book.ask_levels() != asks:
-                return False
-        return True
-
-    async def settled(self) -> None:
-        """Pause the market, then wait until every book is live and equals the truth."""
-        self.simulator.pause()
-        await wait_until(lambda: self.all_live() and self.equals_truth())
-
-    def assert_records_equal_truth(self) -> None:
-        books = self.sink.books()
-        for symbol, symbol_id in SYMBOL_IDS.items():
-            bids, asks = self.simulator.market.truth(VENUE, symbol, DEPTH)
-            assert books[symbol_id] == (dict(bids), dict(asks)), symbol
-
-
-@contextlib.asynccontextmanager
-async def harness(sink_factory, seed: int = 5) -> AsyncIterator[Harness]:
+def harness(sink_factory, seed: int = 5):
     market = default_market((VENUE,), seed=seed)
-    simulator = Simulator(market, cadence_s=0.01)
-    venue = HtxSimulatedVenue(market, VENUE)
-    server = simulator.add_venue(venue)
     sink = sink_factory()
-    async with simulator, aiohttp.ClientSession() as http:
-        connector = HtxConnector(
+
+    def connector(server) -> HtxConnector:
+        return HtxConnector(
             sink, 2, SYMBOL_IDS, ws_base_url=f"{server.ws_url}/feed", rest_base_url=server.http_url, snapshot_limit=DEPTH
         )
-        runtime = RuntimeStandIn(connector, http)
-        await runtime.start()
-        try:
-            yield Harness(simulator, server, venue, connector, sink)
-        finally:
-            await runtime.stop()
+
+    return running(market, HtxSimulatedVenue(market, VENUE), connector, sink, SYMBOL_IDS, depth=DEPTH)
 
 
 def test_venue_frames_are_gzip_with_linked_sequence_numbers() -> None:

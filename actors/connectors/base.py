@@ -76,6 +76,7 @@ from __future__ import annotations
 
 import math
 import struct
+from datetime import datetime, timezone
 from abc import ABC, abstractmethod
 from bisect import bisect_left, insort
 from collections import deque
@@ -96,6 +97,13 @@ Level = tuple[float, float]
 
 # ---------------------------------------------------------------------------------------
 # Instruments
+
+
+def rfc3339_ns(text: str) -> int:
+    """``"2021-04-17T16:43:37.075687Z"`` (up to 9 fraction digits) → ns since the epoch."""
+    whole, _, fraction = text.rstrip("Z").partition(".")
+    seconds = int(datetime.fromisoformat(whole).replace(tzinfo=timezone.utc).timestamp())
+    return seconds * 1_000_000_000 + int((fraction + "000000000")[:9])
 
 
 def canonical_symbol(base: str, quote: str, perpetual: bool = False) -> str:
@@ -301,12 +309,12 @@ class RecordOutput:
 
 
 _RECORD = struct.Struct("<qqddQQIIHBBHH")  # RECORD_DTYPE field for field, 64 bytes
-_pack_record_head = struct.Struct("<qqddQ").pack_into  # exchange_ts, receive_ts, price, size, sequence
-_SIDE_OFFSET = RECORD_DTYPE.fields["side"][1]
-_RECORD_SIZE = RECORD_DTYPE.itemsize
-_BID = int(Side.BID)  # plain ints: reading an IntEnum member costs more than packing it
-_ASK = int(Side.ASK)
-assert _RECORD.size == _RECORD_SIZE and RECORD_DTYPE.names[:5] == (
+pack_record_head = struct.Struct("<qqddQ").pack_into  # exchange_ts, receive_ts, price, size, sequence
+SIDE_OFFSET = RECORD_DTYPE.fields["side"][1]
+RECORD_SIZE = RECORD_DTYPE.itemsize
+BID_SIDE = int(Side.BID)  # plain ints: reading an IntEnum member costs more than packing it
+ASK_SIDE = int(Side.ASK)
+assert _RECORD.size == RECORD_SIZE and RECORD_DTYPE.names[:5] == (
     "exchange_ts",
     "receive_ts",
     "price",
@@ -345,7 +353,7 @@ class SymbolRecords:
         self._capacity = 0
         self._scratch = bytearray()
         self._allocate(capacity)
-        self._one = bytearray(_RECORD_SIZE)
+        self._one = bytearray(RECORD_SIZE)
         self._one_records = np.frombuffer(self._one, dtype=RECORD_DTYPE)
 
     def _allocate(self, capacity: int) -> None:
@@ -372,13 +380,13 @@ class SymbolRecords:
     ) -> int:
         """Pack parsed levels after the first ``start`` records; returns the new count."""
         scratch = self.reserve(start + len(bids) + len(asks))
-        offset = start * _RECORD_SIZE
-        for side, levels in ((_BID, bids), (_ASK, asks)):
+        offset = start * RECORD_SIZE
+        for side, levels in ((BID_SIDE, bids), (ASK_SIDE, asks)):
             for price, size in levels:
-                _pack_record_head(scratch, offset, exchange_ts, receive_ts, price, size, sequence)
-                scratch[offset + _SIDE_OFFSET] = side
-                offset += _RECORD_SIZE
-        return offset // _RECORD_SIZE
+                pack_record_head(scratch, offset, exchange_ts, receive_ts, price, size, sequence)
+                scratch[offset + SIDE_OFFSET] = side
+                offset += RECORD_SIZE
+        return offset // RECORD_SIZE
 
     def write_levels(self, count: int) -> bool:
         """Write the first ``count`` packed LEVEL records as one batch."""
@@ -483,9 +491,9 @@ def apply_frame(
             levels[price] = size
         elif levels.pop(price, None) is not None:
             del prices[bisect_left(prices, price)]
-        _pack_record_head(scratch, offset, exchange_ts, receive_ts, price, size, sequence)
-        scratch[offset + _SIDE_OFFSET] = _BID
-        offset += _RECORD_SIZE
+        pack_record_head(scratch, offset, exchange_ts, receive_ts, price, size, sequence)
+        scratch[offset + SIDE_OFFSET] = BID_SIDE
+        offset += RECORD_SIZE
     levels = book.asks
     prices = book.ask_prices
     for price_text, size_text in raw_asks:
@@ -499,10 +507,10 @@ def apply_frame(
             levels[price] = size
         elif levels.pop(price, None) is not None:
             del prices[bisect_left(prices, price)]
-        _pack_record_head(scratch, offset, exchange_ts, receive_ts, price, size, sequence)
-        scratch[offset + _SIDE_OFFSET] = _ASK
-        offset += _RECORD_SIZE
-    return offset // _RECORD_SIZE
+        pack_record_head(scratch, offset, exchange_ts, receive_ts, price, size, sequence)
+        scratch[offset + SIDE_OFFSET] = ASK_SIDE
+        offset += RECORD_SIZE
+    return offset // RECORD_SIZE
 
 
 def status_batch(
@@ -1347,6 +1355,12 @@ __all__ = [
     "HttpRequest",
     "BookResender",
     "KeepAlive",
+    "ASK_SIDE",
+    "BID_SIDE",
+    "RECORD_SIZE",
+    "SIDE_OFFSET",
+    "pack_record_head",
+    "rfc3339_ns",
     "OutgoingMessage",
     "Instrument",
     "L2Book",

@@ -53,7 +53,7 @@ from actors.connectors.checksum import (
 from actors.connectors.stream_seeded import StreamFeed, StreamSeededConnector
 from shm.records import Reason, Side
 from sim.market import FixedPoint, Market, MarketStep
-from sim.venue import HttpReply, SimulatedVenue, VenueSession
+from sim.venue import HttpReply, SimulatedVenue, VenueSession, decimal_places
 
 NAME = "bitfinex"
 REST_BASE_URL = "https://api-pub.bitfinex.com"
@@ -486,9 +486,6 @@ def js_number_text(text: str) -> str:
     return ("-" if sign else "") + body
 
 
-def _decimal_places(step: str) -> int:
-    return max(0, -Decimal(step).normalize().as_tuple().exponent)
-
 
 Window = tuple[dict[int, int], dict[int, int]]
 """The levels a subscriber at one ``len`` holds: (bids, asks) as tick → lots."""
@@ -517,10 +514,10 @@ class BitfinexSimulatedVenue(SimulatedVenue):
         self.natives = {symbol: native_pair(spec.base, spec.quote) for symbol, spec in self.specs.items()}
         self.symbols_by_native = {native: symbol for symbol, native in self.natives.items()}
         self.prices = {
-            symbol: FixedPoint(spec.tick_size, _decimal_places(spec.tick_size)) for symbol, spec in self.specs.items()
+            symbol: FixedPoint(spec.tick_size, decimal_places(spec.tick_size)) for symbol, spec in self.specs.items()
         }
         self.sizes = {
-            symbol: FixedPoint(spec.lot_size, _decimal_places(spec.lot_size)) for symbol, spec in self.specs.items()
+            symbol: FixedPoint(spec.lot_size, decimal_places(spec.lot_size)) for symbol, spec in self.specs.items()
         }
         self.windows: dict[tuple[str, int], Window] = {}
         self.sequence_skips = 0  # sessions skip a sequence number for each one they have not yet applied

@@ -43,7 +43,6 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from decimal import Decimal
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -60,7 +59,7 @@ from actors.connectors.base import (
 from actors.connectors.stream_seeded import RawLevels, StreamFeed, StreamSeededConnector
 from shm.records import Reason, Side
 from sim.market import FixedPoint, Market, MarketStep
-from sim.venue import HttpReply, SimulatedVenue, VenueSession
+from sim.venue import HttpReply, SimulatedVenue, VenueSession, decimal_places
 
 NAME = "bybit"
 REST_BASE_URL = "https://api.bybit.com"
@@ -429,9 +428,6 @@ class BybitConnector(StreamSeededConnector):
 # Simulator side (WebSocket v5)
 
 
-def _decimal_places(step: str) -> int:
-    return max(0, -Decimal(step).normalize().as_tuple().exponent)
-
 
 Window = tuple[dict[int, int], dict[int, int]]
 """The levels a subscriber at one depth holds: (bids, asks) as tick → lots."""
@@ -457,10 +453,10 @@ class BybitSimulatedVenue(SimulatedVenue):
             (self.categories[symbol], spec.base + spec.quote): symbol for symbol, spec in self.specs.items()
         }
         self.prices = {
-            symbol: FixedPoint(spec.tick_size, _decimal_places(spec.tick_size)) for symbol, spec in self.specs.items()
+            symbol: FixedPoint(spec.tick_size, decimal_places(spec.tick_size)) for symbol, spec in self.specs.items()
         }
         self.sizes = {
-            symbol: FixedPoint(spec.lot_size, _decimal_places(spec.lot_size)) for symbol, spec in self.specs.items()
+            symbol: FixedPoint(spec.lot_size, decimal_places(spec.lot_size)) for symbol, spec in self.specs.items()
         }
         self.windows: dict[tuple[str, int], Window] = {}
         self.update_ids: dict[tuple[str, int], int] = {}  # u per topic

@@ -29,8 +29,6 @@ Trade (``level2``, ``heartbeats``), whichever the client's subscribe message spe
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import UTC, datetime
-from decimal import Decimal
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -44,11 +42,12 @@ from actors.connectors.base import (
     SyncState,
     canonical_symbol,
     parse_levels,
+    rfc3339_ns,
 )
 from actors.connectors.stream_seeded import StreamFeed, StreamSeededConnector
 from shm.records import Reason, Side
 from sim.market import FixedPoint, Market, MarketStep
-from sim.venue import HttpReply, SimulatedVenue, VenueSession
+from sim.venue import HttpReply, SimulatedVenue, VenueSession, decimal_places, rfc3339_micros
 
 NAME = "coinbase"
 REST_BASE_URL = "https://api.exchange.coinbase.com"
@@ -99,13 +98,6 @@ def parse_products(body: str | bytes) -> list[Instrument]:
             )
         )
     return instruments
-
-
-def rfc3339_ns(text: str) -> int:
-    """``"2021-04-17T16:43:37.075687Z"`` (up to 9 fraction digits) → ns since the epoch."""
-    whole, _, fraction = text.rstrip("Z").partition(".")
-    seconds = int(datetime.fromisoformat(whole).replace(tzinfo=UTC).timestamp())
-    return seconds * 1_000_000_000 + int((fraction + "000000000")[:9])
 
 
 def split_changes(changes: list[list[str]]) -> tuple[list[list[str]], list[list[str]]]:
@@ -427,14 +419,6 @@ class CoinbaseConnector(StreamSeededConnector):
 # Simulator side
 
 
-def _decimal_places(step: str) -> int:
-    return max(0, -Decimal(step).normalize().as_tuple().exponent)
-
-
-def _rfc3339(timestamp_ns: int) -> str:
-    seconds, nanoseconds = divmod(timestamp_ns, 1_000_000_000)
-    whole = datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-    return f"{whole}.{nanoseconds // 1000:06d}Z"
 
 
 _EPOCH = "1970-01-01T00:00:00Z"  # Advanced Trade stamps snapshot levels with the epoch
@@ -465,7 +449,7 @@ class CoinbaseSimulatedVenue(SimulatedVenue):
         super().__init__(market, venue)
         self.specs = {_native(spec.canonical): spec for spec in market.symbols.values() if not spec.perpetual}
         self.prices = {
-            native: FixedPoint(spec.tick_size, _decimal_places(spec.tick_size)) for native, spec in self.specs.items()
+            native: FixedPoint(spec.tick_size, decimal_places(spec.tick_size)) for native, spec in self.specs.items()
         }
         self.sizes = {native: FixedPoint(spec.lot_size, SIZE_DECIMALS) for native, spec in self.specs.items()}
         self.last_update_ids = {
@@ -508,7 +492,7 @@ class CoinbaseSimulatedVenue(SimulatedVenue):
         return [(price(t), size(q)) for t, q in bids], [(price(t), size(q)) for t, q in asks]
 
     def encode_step(self, step: MarketStep) -> EncodedStep:
-        encoded = EncodedStep(_rfc3339(step.timestamp_ns))
+        encoded = EncodedStep(rfc3339_micros(step.timestamp_ns))
         for change in step.book_changes:
             native = _native(change.symbol)
             if native not in self.specs:
@@ -521,7 +505,7 @@ class CoinbaseSimulatedVenue(SimulatedVenue):
                 ("sell", price(t), size(q)) for t, q in change.asks
             ]
             encoded.l2updates[native] = orjson.dumps(
-                {"type": "l2update", "product_id": native, "changes": changes, "time": _rfc3339(change.timestamp_ns)}
+                {"type": "l2update", "product_id": native, "changes": changes, "time": rfc3339_micros(change.timestamp_ns)}
             ).decode()
             updates = [{"side": "bid" if side == "buy" else "offer", "event_time": encoded.time, "price_level": p,
                         "new_quantity": q} for side, p, q in changes]
@@ -542,7 +526,7 @@ class CoinbaseSimulatedVenue(SimulatedVenue):
                         "price": self.prices[native].text(trade.price_ticks),
                         "product_id": native,
                         "sequence": step.number,
-                        "time": _rfc3339(trade.timestamp_ns),
+                        "time": rfc3339_micros(trade.timestamp_ns),
                     }
                 ).decode()
             )

@@ -33,8 +33,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timezone
-from decimal import Decimal
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -46,12 +44,13 @@ from actors.connectors.base import (
     RecordSink,
     canonical_symbol,
     parse_levels,
+    rfc3339_ns,
 )
 from actors.connectors.checksum import KRAKEN, kraken_checksum
 from actors.connectors.stream_seeded import StreamFeed, StreamSeededConnector
 from shm.records import Reason, Side
 from sim.market import FixedPoint, Market, MarketStep
-from sim.venue import HttpReply, SimulatedVenue, VenueSession
+from sim.venue import HttpReply, SimulatedVenue, VenueSession, decimal_places, rfc3339_micros
 
 NAME = "kraken"
 REST_BASE_URL = "https://api.kraken.com"
@@ -120,13 +119,6 @@ def seconds_text_ns(text: str) -> int:
         return int(text[:-7] + text[-6:]) * 1000
     seconds, _, fraction = text.partition(".")
     return int(seconds) * 1_000_000_000 + int((fraction + "000000000")[:9])
-
-
-def rfc3339_ns(text: str) -> int:
-    """``"2023-10-06T17:35:55.440295Z"`` → ns since the epoch."""
-    whole, _, fraction = text.rstrip("Z").partition(".")
-    seconds = int(datetime.fromisoformat(whole).replace(tzinfo=timezone.utc).timestamp())
-    return seconds * 1_000_000_000 + int((fraction + "000000000")[:9])
 
 
 def parse_v1_book(message: list[Any]) -> V1Book:
@@ -468,14 +460,6 @@ class KrakenConnector(StreamSeededConnector):
 # Simulator side (WebSocket v2)
 
 
-def _decimal_places(step: str) -> int:
-    return max(0, -Decimal(step).normalize().as_tuple().exponent)
-
-
-def _rfc3339(timestamp_ns: int) -> str:
-    seconds, nanoseconds = divmod(timestamp_ns, 1_000_000_000)
-    whole = datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
-    return f"{whole}.{nanoseconds // 1000:06d}Z"
 
 
 Window = tuple[dict[int, int], dict[int, int]]
@@ -498,7 +482,7 @@ class KrakenSimulatedVenue(SimulatedVenue):
         super().__init__(market, venue)
         self.specs = {spec.canonical: spec for spec in market.symbols.values() if not spec.perpetual}
         self.prices = {
-            symbol: FixedPoint(spec.tick_size, _decimal_places(spec.tick_size)) for symbol, spec in self.specs.items()
+            symbol: FixedPoint(spec.tick_size, decimal_places(spec.tick_size)) for symbol, spec in self.specs.items()
         }
         self.sizes = {symbol: FixedPoint(spec.lot_size, LOT_DECIMALS) for symbol, spec in self.specs.items()}
         self.windows: dict[tuple[str, int], Window] = {}
@@ -595,7 +579,7 @@ class KrakenSimulatedVenue(SimulatedVenue):
             encoded.setdefault(("trade", trade.symbol), []).append(
                 f'{{"channel":"trade","type":"update","data":[{{"symbol":"{trade.symbol}","side":"{side}",'
                 f'"price":{price},"qty":{size},"ord_type":"market","trade_id":{trade.trade_id},'
-                f'"timestamp":"{_rfc3339(trade.timestamp_ns)}"}}]}}'
+                f'"timestamp":"{rfc3339_micros(trade.timestamp_ns)}"}}]}}'
             )
         return encoded
 
@@ -620,7 +604,7 @@ class KrakenSimulatedVenue(SimulatedVenue):
         size = self.sizes[symbol].text
         bid_text = ",".join(f'{{"price":{price(tick)},"qty":{size(lots)}}}' for tick, lots in bids)
         ask_text = ",".join(f'{{"price":{price(tick)},"qty":{size(lots)}}}' for tick, lots in asks)
-        timestamp = f',"timestamp":"{_rfc3339(timestamp_ns)}"' if timestamp_ns is not None else ""
+        timestamp = f',"timestamp":"{rfc3339_micros(timestamp_ns)}"' if timestamp_ns is not None else ""
         return (
             f'{{"channel":"book","type":"{kind}","data":[{{"symbol":"{symbol}","bids":[{bid_text}],'
             f'"asks":[{ask_text}],"checksum":{checksum}{timestamp}}}]}}'

@@ -51,10 +51,10 @@ from urllib.parse import parse_qs, urlsplit
 import orjson
 
 from actors.connectors.base import (
-    _ASK,
-    _BID,
-    _RECORD_SIZE,
-    _SIDE_OFFSET,
+    ASK_SIDE,
+    BID_SIDE,
+    RECORD_SIZE,
+    SIDE_OFFSET,
     INF,
     ConnectionAction,
     ConnectionSpec,
@@ -70,7 +70,7 @@ from actors.connectors.base import (
     SymbolRecords,
     SyncRule,
     SyncState,
-    _pack_record_head,
+    pack_record_head,
     canonical_symbol,
     parse_levels,
 )
@@ -253,8 +253,8 @@ def apply_changes(
     scratch = records.reserve(len(raw_bids) + len(raw_asks))
     offset = 0
     for raw, levels, prices, side in (
-        (raw_bids, book.bids, book.bid_prices, _BID),
-        (raw_asks, book.asks, book.ask_prices, _ASK),
+        (raw_bids, book.bids, book.bid_prices, BID_SIDE),
+        (raw_asks, book.asks, book.ask_prices, ASK_SIDE),
     ):
         for price_text, size_text, _sequence in raw:
             if price_text == "0":  # only advances the sequence
@@ -269,12 +269,12 @@ def apply_changes(
                 levels[price] = size
             elif levels.pop(price, None) is not None:
                 del prices[bisect_left(prices, price)]
-            _pack_record_head(
+            pack_record_head(
                 scratch, offset, exchange_ts, receive_ts, price, size, sequence
             )
-            scratch[offset + _SIDE_OFFSET] = side
-            offset += _RECORD_SIZE
-    return offset // _RECORD_SIZE
+            scratch[offset + SIDE_OFFSET] = side
+            offset += RECORD_SIZE
+    return offset // RECORD_SIZE
 
 
 def subscribe_message(request_id: str, topic: str, natives: Sequence[str]) -> str:

@@ -37,7 +37,6 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from decimal import Decimal
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -55,7 +54,7 @@ from actors.connectors.checksum import OKX
 from actors.connectors.stream_seeded import StreamFeed, StreamSeededConnector
 from shm.records import Reason, Side
 from sim.market import FixedPoint, Market, MarketStep
-from sim.venue import HttpReply, SimulatedVenue, VenueSession
+from sim.venue import HttpReply, SimulatedVenue, VenueSession, decimal_places
 
 NAME = "okx"
 REST_BASE_URL = "https://www.okx.com"
@@ -354,9 +353,6 @@ class OkxConnector(StreamSeededConnector):
 # Simulator side
 
 
-def _decimal_places(step: str) -> int:
-    return max(0, -Decimal(step).normalize().as_tuple().exponent)
-
 
 Window = tuple[dict[int, int], dict[int, int]]
 """The levels a ``books`` subscriber holds: (bids, asks) as tick → lots."""
@@ -373,10 +369,10 @@ class OkxSimulatedVenue(SimulatedVenue):
         super().__init__(market, venue)
         self.specs = {native_symbol(spec.canonical): spec for spec in market.symbols.values()}
         self.prices = {
-            native: FixedPoint(spec.tick_size, _decimal_places(spec.tick_size)) for native, spec in self.specs.items()
+            native: FixedPoint(spec.tick_size, decimal_places(spec.tick_size)) for native, spec in self.specs.items()
         }
         self.sizes = {
-            native: FixedPoint(spec.lot_size, _decimal_places(spec.lot_size)) for native, spec in self.specs.items()
+            native: FixedPoint(spec.lot_size, decimal_places(spec.lot_size)) for native, spec in self.specs.items()
         }
         self.windows: dict[str, Window] = {}  # by instId, once someone subscribed its book
 

@@ -50,7 +50,6 @@ tuples for venues whose levels already have that shape.
 
 from __future__ import annotations
 
-import struct
 from abc import abstractmethod
 from bisect import bisect_left, insort
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -59,7 +58,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from actors.connectors.base import (
+    ASK_SIDE,
+    BID_SIDE,
     INF,
+    RECORD_SIZE,
+    SIDE_OFFSET,
     BookResender,
     ConnectionAction,
     ConnectionCounters,
@@ -74,6 +77,7 @@ from actors.connectors.base import (
     SymbolCounters,
     SymbolRecords,
     SyncState,
+    pack_record_head,
     status_batch,
 )
 from actors.connectors.checksum import BookChecksum, TextBook
@@ -85,11 +89,6 @@ RawLevels = Sequence[Sequence[object]]
 SequenceRule = Callable[[int, int, int], bool]
 """(sequence, previous_sequence, last_sequence) → the frame follows the book's last one."""
 
-_pack_record_head = struct.Struct("<qqddQ").pack_into  # exchange_ts, receive_ts, price, size, sequence
-_SIDE_OFFSET = RECORD_DTYPE.fields["side"][1]
-_RECORD_SIZE = RECORD_DTYPE.itemsize
-_BID = int(Side.BID)  # plain ints: reading an IntEnum member costs more than packing it
-_ASK = int(Side.ASK)
 assert RECORD_DTYPE.names[:5] == ("exchange_ts", "receive_ts", "price", "size", "sequence")
 
 _IDLE = SyncState.IDLE  # module globals: reading an enum member costs ~125 ns on 3.11
@@ -170,9 +169,9 @@ def apply_levels(
     frame is lost either way, so the caller resyncs the book.
     """
     scratch = records.reserve(len(raw_bids) + len(raw_asks))
-    offset = _apply_side(book.bids, book.bid_prices, raw_bids, _BID, scratch, 0, sequence, exchange_ts, receive_ts)
-    offset = _apply_side(book.asks, book.ask_prices, raw_asks, _ASK, scratch, offset, sequence, exchange_ts, receive_ts)
-    return offset // _RECORD_SIZE
+    offset = _apply_side(book.bids, book.bid_prices, raw_bids, BID_SIDE, scratch, 0, sequence, exchange_ts, receive_ts)
+    offset = _apply_side(book.asks, book.ask_prices, raw_asks, ASK_SIDE, scratch, offset, sequence, exchange_ts, receive_ts)
+    return offset // RECORD_SIZE
 
 
 def _apply_side(
@@ -199,9 +198,9 @@ def _apply_side(
             levels[price] = size
         elif levels.pop(price, None) is not None:
             del prices[bisect_left(prices, price)]
-        _pack_record_head(scratch, offset, exchange_ts, receive_ts, price, size, sequence)
-        scratch[offset + _SIDE_OFFSET] = side
-        offset += _RECORD_SIZE
+        pack_record_head(scratch, offset, exchange_ts, receive_ts, price, size, sequence)
+        scratch[offset + SIDE_OFFSET] = side
+        offset += RECORD_SIZE
     return offset
 
 
@@ -244,9 +243,9 @@ def apply_text_levels(
                 del tokens[price]
             if price > nearest:
                 nearest = price
-            _pack_record_head(scratch, offset, exchange_ts, receive_ts, price, size, sequence)
-            scratch[offset + _SIDE_OFFSET] = _BID
-            offset += _RECORD_SIZE
+            pack_record_head(scratch, offset, exchange_ts, receive_ts, price, size, sequence)
+            scratch[offset + SIDE_OFFSET] = BID_SIDE
+            offset += RECORD_SIZE
         if len(prices) <= top or nearest >= prices[-top]:
             book.bids_changed = True
     if raw_asks:
@@ -272,12 +271,12 @@ def apply_text_levels(
                 del tokens[price]
             if price < nearest:
                 nearest = price
-            _pack_record_head(scratch, offset, exchange_ts, receive_ts, price, size, sequence)
-            scratch[offset + _SIDE_OFFSET] = _ASK
-            offset += _RECORD_SIZE
+            pack_record_head(scratch, offset, exchange_ts, receive_ts, price, size, sequence)
+            scratch[offset + SIDE_OFFSET] = ASK_SIDE
+            offset += RECORD_SIZE
         if len(prices) <= top or nearest <= prices[top - 1]:
             book.asks_changed = True
-    return offset // _RECORD_SIZE
+    return offset // RECORD_SIZE
 
 
 def _load_side(
