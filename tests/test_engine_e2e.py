@@ -146,15 +146,18 @@ def test_kill_9_of_a_connector_under_load_is_excluded_resynced_and_never_shown_h
 
             for symbol in SYMBOLS:
                 bids, asks = simulator.paused_truth("binance", symbol)
+                # The last frames before the pause may still be on their way: wait for the
+                # whole book (a size-only change leaves the prices equal before it lands).
                 book = wait_for(
                     lambda: (b := client.book(symbol).snapshot()).bid_price.tolist() == [p for p, _ in bids]
                     and b.ask_price.tolist() == [p for p, _ in asks]
+                    and b.bid_size.tolist() == [s for _, s in bids]
+                    and b.ask_size.tolist() == [s for _, s in asks]
                     and b,
                     timeout_s=5,
-                    what=f"{symbol} equal to the simulator's truth",
+                    what=f"{symbol} equal to the simulator's truth, level by level",
                 )
-                assert book.bid_size.tolist() == [s for _, s in bids]
-                assert book.ask_size.tolist() == [s for _, s in asks]
+                assert len(book.bid_price) == len(bids) and len(book.ask_price) == len(asks)
                 simulator.resume()
             client.close()
     finally:
