@@ -89,12 +89,15 @@ def recordings(paths: Iterable[str | Path]) -> dict[str, list[Path]]:
     return dict(grouped)
 
 
-def _canonical(configured: str) -> str:
-    """``NKN-USDT`` → ``NKN/USDT``; ``SUSHI-USDT-PERP`` → ``SUSHI/USDT:PERP`` (recording config)."""
+def _canonical(configured: str) -> str | None:
+    """``NKN-USDT`` → ``NKN/USDT``; ``SUSHI-USDT-PERP`` → ``SUSHI/USDT:PERP``; a dated future
+    (``BTC-USD-22K27``) has no canonical symbol yet → None (recording config names)."""
     parts = configured.split("-")
-    perpetual = parts[-1] == "PERP"
-    base, quote = (parts[0], parts[1]) if len(parts) >= 2 else (configured, "")
-    return f"{base}/{quote}" + (":PERP" if perpetual else "")
+    if len(parts) == 2:
+        return f"{parts[0]}/{parts[1]}"
+    if len(parts) == 3 and parts[2] == "PERP":
+        return f"{parts[0]}/{parts[1]}:PERP"
+    return None
 
 
 def _files(files: list[Path]) -> tuple[Path | None, list[Path], list[Path]]:
@@ -123,7 +126,9 @@ def verify_recording(
     metadata_lines = list(read_recorded(metadata)) if metadata else []
     configuration = next((line for line in metadata_lines if line.kind == LineKind.CONFIGURATION), None)
     configured = json.loads(configuration.payload) if configuration else {}
-    symbols = [_canonical(symbol) for symbol in configured.get("l2_book", [])]
+    canonical = {symbol: _canonical(symbol) for symbol in configured.get("l2_book", [])}
+    symbols = [symbol for symbol in canonical.values() if symbol is not None]
+    without_canonical = [symbol for symbol, name in canonical.items() if name is None]
     options = getattr(module, "RECORDED_OPTIONS", {})
     if options is None:
         raise UnreadableRecording(f"{name}: coby's connector does not read this recorded generation")
@@ -163,6 +168,7 @@ def verify_recording(
     for symbol, answer in pending.items():
         connector.on_snapshot(symbol, answer.payload, answer.timestamp_ns)
     report = _report(prefix, name, connector, symbols, received, sink)
+    report["skipped_symbols"] = without_canonical
     if timed:
         report["handler_ns"] = handler_ns
     return report

@@ -71,7 +71,16 @@ REFERENCE = {
     },
     # The dated future BTC-USD-220527 has no canonical symbol and is skipped: its 99 of the
     # README's 290 checksums are checked in tests/test_okx_recorded.py, not here.
-    "OKX": {"checksums_ok": 191, "checksums_failed": 0, "gaps": 0, "resyncs": 0, "parse_errors": 0, "symbols": 2},
+    "OKX": {
+        "checksums_ok": 191,
+        "checksums_failed": 0,
+        "gaps": 0,
+        "resyncs": 0,
+        "parse_errors": 0,
+        "symbols": 2,
+        "missing_symbols": [],
+        "skipped_symbols": ["BTC-USD-22K27"],
+    },
     # Every recorded HTX push is a full book (depth.step0): 292 snapshots, no deltas.
     "HUOBI": {"frames": 362, "snapshots": 292, "gaps": 0, "resyncs": 0, "parse_errors": 0, "crossed": 0, "symbols": 10},
     "KRAKEN": {
