@@ -77,6 +77,7 @@ from __future__ import annotations
 import math
 import struct
 from datetime import datetime, timezone
+from functools import lru_cache
 from abc import ABC, abstractmethod
 from bisect import bisect_left, insort
 from collections import deque
@@ -102,8 +103,14 @@ Level = tuple[float, float]
 def rfc3339_ns(text: str) -> int:
     """``"2021-04-17T16:43:37.075687Z"`` (up to 9 fraction digits) → ns since the epoch."""
     whole, _, fraction = text.rstrip("Z").partition(".")
-    seconds = int(datetime.fromisoformat(whole).replace(tzinfo=timezone.utc).timestamp())
-    return seconds * 1_000_000_000 + int((fraction + "000000000")[:9])
+    return _epoch_seconds(whole) * 1_000_000_000 + int((fraction + "000000000")[:9])
+
+
+@lru_cache(maxsize=256)
+def _epoch_seconds(whole: str) -> int:
+    """Whole seconds change once a second while every frame carries a stamp: parsing each
+    with datetime cost ~5 µs, a cached lookup ~0.1 µs (bench/connectors.py, Coinbase)."""
+    return int(datetime.fromisoformat(whole).replace(tzinfo=timezone.utc).timestamp())
 
 
 def canonical_symbol(base: str, quote: str, perpetual: bool = False) -> str:
