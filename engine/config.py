@@ -26,11 +26,9 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
-# The lead may derive this from actors.connectors.EXCHANGE_MODULES once every connector exists.
-KNOWN_EXCHANGES = (
-    "binance", "binance_futures", "coinbase", "kraken", "htx", "bitfinex",
-    "okx", "bybit", "kucoin", "bitstamp", "gateio",
-)
+from actors.connectors import EXCHANGE_MODULES
+
+KNOWN_EXCHANGES = tuple(EXCHANGE_MODULES)  # an exchange is known when it has a connector module
 KNOWN_ACTORS = ("aggregator", "connector", "simulator", "features", "signals", "storage", "replay", "api")
 
 ENV_PREFIX = "COBY_"

@@ -10,18 +10,18 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-EXCHANGE_MODULES = {
+EXCHANGE_MODULES = {  # in the order the project lists its venues (docs and config errors)
     "binance": "actors.connectors.binance",
+    "binance_futures": "actors.connectors.binance_futures",
+    "coinbase": "actors.connectors.coinbase",
     "kraken": "actors.connectors.kraken",
+    "htx": "actors.connectors.htx",
     "bitfinex": "actors.connectors.bitfinex",
+    "okx": "actors.connectors.okx",
     "bybit": "actors.connectors.bybit",
     "kucoin": "actors.connectors.kucoin",
     "bitstamp": "actors.connectors.bitstamp",
-    "binance_futures": "actors.connectors.binance_futures",
     "gateio": "actors.connectors.gateio",
-    "coinbase": "actors.connectors.coinbase",
-    "htx": "actors.connectors.htx",
-    "okx": "actors.connectors.okx",
 }
 
 
