@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 
 from engine.config import Config, ConfigError, is_loopback_host, load_config
 from engine.control import ControlError, request
-from engine.supervisor import StartupError, Supervisor, default_actor_specs, free_port, running_directory
+from engine.supervisor import StartupError, Supervisor, default_actor_specs, free_ports, running_directory
 from shm.records import Status
 from shm.registry import sweep
 
@@ -48,15 +48,22 @@ def demo_config(path: str | None, instance: str) -> Config:
     """
     base = _load(path)
     host = base.simulator.host
+    simulated = [
+        name
+        for name in base.exchange_ids()
+        if not all(
+            is_loopback_host(urlsplit(url).hostname or "")
+            for url in (base.exchanges[name].ws_url, base.exchanges[name].rest_url)
+        )
+    ]
+    ports = iter(free_ports(2 * len(simulated), host))
     exchanges = {}
-    for name in base.exchange_ids():
-        settings = base.exchanges[name]
-        if not all(is_loopback_host(urlsplit(url).hostname or "") for url in (settings.ws_url, settings.rest_url)):
-            ws_path = urlsplit(settings.ws_url).path.rstrip("/")
-            exchanges[name] = {
-                "ws_url": f"ws://{host}:{free_port(host)}{ws_path}",
-                "rest_url": f"http://{host}:{free_port(host)}",
-            }
+    for name in simulated:
+        ws_path = urlsplit(base.exchanges[name].ws_url).path.rstrip("/")
+        exchanges[name] = {
+            "ws_url": f"ws://{host}:{next(ports)}{ws_path}",
+            "rest_url": f"http://{host}:{next(ports)}",
+        }
     any_port = "tcp://127.0.0.1:0"
     return _load(
         path,

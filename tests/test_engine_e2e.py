@@ -180,6 +180,11 @@ def test_demo_runs_offline_prints_the_book_and_leaves_no_segment() -> None:
     assert list_segments(instance) == []
 
 
+def _error_lines(stderr: str) -> list[str]:
+    """What went wrong in the actors (errors, tracebacks), not just the last log lines."""
+    return [line for line in stderr.splitlines() if "error" in line.lower() or "warning" in line][-40:]
+
+
 MULTI_VENUE_CONFIG = """
 exchanges:
   binance: {symbols: [BTC/USDT, ETH/USDT], ws_url: "wss://stream.binance.com:9443", rest_url: "https://api.binance.com"}
@@ -211,7 +216,7 @@ def test_demo_with_six_venues_syncs_every_configured_book_through_the_real_runti
         timeout=120,
         cwd=os.getcwd(),
     )
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert result.returncode == 0, result.stdout[-1500:] + "\n".join(_error_lines(result.stderr))
     assert "10/10 exchange books synced" in result.stdout.strip().splitlines()[-1]
     consolidated = [line for line in result.stdout.splitlines() if line.startswith("ETH/USDT ") and " bid " in line]
     assert any(
@@ -249,7 +254,7 @@ def test_demo_with_the_stream_seeded_venues_syncs_every_configured_book(tmp_path
         timeout=120,
         cwd=os.getcwd(),
     )
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert result.returncode == 0, result.stdout[-1500:] + "\n".join(_error_lines(result.stderr))
     assert "8/8 exchange books synced" in result.stdout.strip().splitlines()[-1]
     perpetual = [line for line in result.stdout.splitlines() if line.startswith("BTC/USDT:PERP") and " bid " in line]
     assert any("bybit:in_sync okx:in_sync" in line for line in perpetual), perpetual[-3:]
