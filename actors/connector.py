@@ -17,6 +17,9 @@ this actor owns everything that touches the outside world, once for every exchan
   overflow or when the aggregator restarted) and writes a HEARTBEAT record when nothing
   else was written for a second, so the aggregator can tell quiet from dead;
 - the ring doorbell: one byte on the aggregator's PULL socket when it is asleep;
+- bad input: every frame (or snapshot body) the module counts as bad and drops is logged with
+  a sample, the first of a connection at once, then at most one line a minute with the count
+  since (a venue sending garbage must not flood the log, nor go unseen);
 - with ``record_dir`` in its spec (``coby record``), a copy of all traffic in the recorded
   format, which ``coby verify`` replays.
 
@@ -40,7 +43,7 @@ import zmq.asyncio
 from actors.connectors import load_exchange_module
 from actors.connectors.base import ConnectionAction, ConnectionSpec, Connector, SnapshotRequest
 from engine.actor import Actor
-from engine.bus import Publisher
+from engine.bus import Publisher, RingDoorbell
 from shm.records import ALL_SYMBOLS, Kind, Reason, Status, empty_records
 from shm.ring import Ring
 from sim.recorded import RecordingWriter
@@ -49,6 +52,46 @@ _TIMER_S = 0.02
 _HEARTBEAT_S = 1.0
 _COUNTERS_S = 1.0
 _MAX_FRAME_BYTES = 16 * 2**20
+_BAD_FRAME_LOG_INTERVAL_S = 60.0
+# A connection that stayed up this long worked: the next reconnect starts from the initial
+# backoff again. (It took twice reconnect_backoff_max_s, 60 s by default, so a venue dropping
+# connections every few seconds pushed every later recovery towards 30 s; flapping still
+# reconnects at most about once every 2 s.)
+_HEALTHY_CONNECTION_S = 2.0
+_SAMPLE_CHARS = 300
+
+
+def frame_sample(data: str | bytes) -> str:
+    """The start of a frame for the log: text as is, binary as its repr; with its size."""
+    text = data if isinstance(data, str) else repr(data[:_SAMPLE_CHARS])
+    return text[:_SAMPLE_CHARS] + (f"… ({len(data)} bytes)" if len(data) > _SAMPLE_CHARS else "")
+
+
+class BadFrameLog:
+    """Logs bad frames once with a sample, then summarises at most once per interval."""
+
+    def __init__(self, log, interval_s: float = _BAD_FRAME_LOG_INTERVAL_S) -> None:
+        self.log = log
+        self.interval_s = interval_s
+        self.total = 0
+        self._unlogged: dict[str, int] = {}
+        self._last_logged: dict[str, float] = {}
+
+    def rejected(self, source: str, data: str | bytes, now: float) -> None:
+        """``source`` names where it came from (``connection 0``, ``snapshot BTCUSDT``)."""
+        self.total += 1
+        unlogged = self._unlogged.get(source, 0) + 1
+        last = self._last_logged.get(source)
+        if last is not None and now - last < self.interval_s:
+            self._unlogged[source] = unlogged
+            return
+        self._unlogged[source] = 0
+        self._last_logged[source] = now
+        self.log.warning(
+            "bad_frame_dropped" if last is None else "bad_frames_dropped",
+            source=source, count=unlogged, sample=frame_sample(data),
+            hint="counted in counters (malformed, parse errors, unknown symbol); the book resyncs if it lost an update",
+        )
 
 
 class ConnectorActor(Actor):
@@ -63,18 +106,19 @@ class ConnectorActor(Actor):
         self.ring = Ring.attach(directory["segments"]["rings"][self.exchange])
         self.ring.become_producer()
         self.context = zmq.Context()
-        self.doorbell = self.context.socket(zmq.PUSH)
-        self.doorbell.setsockopt(zmq.LINGER, 0)
-        self.doorbell.setsockopt(zmq.SNDHWM, 1)
-        self.doorbell.connect(directory["endpoints"]["doorbell_aggregator"])
-        self.ring.doorbell = self._ring_doorbell
+        self.doorbell = RingDoorbell(self.context, directory["endpoints"]["doorbell_aggregator"], self.ring.write_word)
+        self.ring.doorbell = self.doorbell
         symbol_ids = {symbol: directory["symbols"].index(symbol) for symbol in self.settings.symbols}
         self.symbol_ids = list(symbol_ids.values())
         module = load_exchange_module(self.exchange)
         self.connector: Connector = module.CONNECTOR.from_settings(self.ring, self.exchange_id, symbol_ids, self.settings)
         self.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.settings.rest_timeout_s))
         record_dir = self.spec.arguments.get("record_dir")
-        self.recorder = RecordingWriter(record_dir, self.exchange, list(self.settings.symbols)) if record_dir else None
+        self.recorder = None
+        if record_dir:
+            kept = ("snapshot_depth", "stale_after_s", "max_streams_per_connection")
+            settings = {key: getattr(self.settings, key) for key in kept}
+            self.recorder = RecordingWriter(record_dir, self.exchange, list(self.settings.symbols), settings)
         self.bus_context = zmq.asyncio.Context()
         self.publisher = Publisher(self.bus_context, directory["endpoints"]["bus_publish"])
         self.snapshots_in_flight: set[asyncio.Task[None]] = set()
@@ -83,13 +127,8 @@ class ConnectorActor(Actor):
         self.last_frame: dict[int, float] = {}
         self.silenced: set[int] = set()
         self.last_write_check = (0, time.monotonic())
+        self.bad_frames = BadFrameLog(self.log)
         self._announce(Status.CONNECTING, Reason.STARTUP)
-
-    def _ring_doorbell(self) -> None:
-        try:
-            self.doorbell.send(b"", zmq.NOBLOCK)
-        except zmq.Again:
-            pass  # a ring is already pending: the aggregator will wake up anyway
 
     def _announce(self, status: Status, reason: Reason) -> None:
         record = empty_records(1)
@@ -190,7 +229,7 @@ class ConnectorActor(Actor):
                 self.connector.on_close(index, time.time_ns(), reason)
                 if self.recorder:
                     self.recorder.closed(index)
-                if time.monotonic() - opened_at > 2 * self.settings.reconnect_backoff_max_s:
+                if time.monotonic() - opened_at >= _HEALTHY_CONNECTION_S:
                     backoff = self.settings.reconnect_backoff_initial_s
             if self.stopping.is_set():
                 return
@@ -231,7 +270,8 @@ class ConnectorActor(Actor):
     async def _receive(self, index: int, socket: websockets.ClientConnection) -> Reason:
         """Hand every frame to the module. Silence is watched by the timer, not per frame:
         ``asyncio.wait_for`` around each ``recv`` costs ~25 µs, several times the module."""
-        on_message = self.connector.on_message
+        connector = self.connector
+        on_message = connector.on_message
         last_frame = self.last_frame
         while True:
             try:
@@ -245,6 +285,9 @@ class ConnectorActor(Actor):
             if self.recorder:
                 self.recorder.received(index, received_at, data)
             action = on_message(index, data, received_at)
+            if connector.frame_rejected:
+                connector.frame_rejected = False
+                self.bad_frames.rejected(f"connection {index}", data, time.monotonic())
             if action == ConnectionAction.SEND:
                 await self._send_outgoing()
             elif action == ConnectionAction.RECONNECT:
@@ -283,8 +326,9 @@ class ConnectorActor(Actor):
 
     async def _publish_counters(self) -> None:
         """``counters.<exchange>`` on the bus every second (``coby status`` shows them)."""
+        interval_s = float(self.spec.arguments.get("counters_interval_s", _COUNTERS_S))  # tests take them faster
         while True:
-            await asyncio.sleep(_COUNTERS_S)
+            await asyncio.sleep(interval_s)
             self.publisher.publish(f"counters.{self.exchange}", self.counters())
 
     def counters(self) -> dict:
@@ -295,6 +339,7 @@ class ConnectorActor(Actor):
             "symbols": {symbol: asdict(self.connector.counters(symbol)) for symbol in listed},
             "connections": [asdict(counters) for counters in self.connector.connection_counters],
             "ring": self.ring.stats(),
+            "bad_frames": self.bad_frames.total,
         }
 
     def _heartbeat(self, now_ns: int) -> None:
@@ -319,6 +364,9 @@ class ConnectorActor(Actor):
                     if self.recorder:
                         self.recorder.snapshot(request.url, received_at, body)
                     self.connector.on_snapshot(request.native_symbol, body, received_at)
+                    if self.connector.frame_rejected:
+                        self.connector.frame_rejected = False
+                        self.bad_frames.rejected(f"snapshot {request.native_symbol}", body, time.monotonic())
                     return
                 retry_after = _retry_after(response.headers)
                 if response.status == 418:
@@ -351,7 +399,7 @@ class ConnectorActor(Actor):
             ring.doorbell = None
             ring.close()
         if (doorbell := getattr(self, "doorbell", None)) is not None:
-            doorbell.close(linger=0)
+            doorbell.close()
         if (publisher := getattr(self, "publisher", None)) is not None:
             publisher.close()
             self.bus_context.term()

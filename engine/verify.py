@@ -14,7 +14,8 @@ instruments, open, every frame in receive order, snapshot requests — with no n
   the recording received it, so frames that arrived before it are buffered as live;
 - an exchange module whose live protocol differs from the recorded generation names the
   constructor arguments that select the recorded one in ``RECORDED_OPTIONS`` (``None``: the
-  module does not read that generation, e.g. Bybit's retired v2).
+  module does not read that generation, e.g. Bybit's retired v2), and where another class
+  reads it, that class in ``RECORDED_CONNECTOR`` (OKX: stream-seeded 2022, REST-seeded today).
 
 Each recording yields one JSON object; the run fails (exit 1) if any checksum failed, a
 gap was found, a frame could not be parsed or the venue's own top of book (Binance
@@ -28,17 +29,19 @@ import re
 import sys
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import fields
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 
 from actors.connectors import UnknownExchangeError, load_exchange_module
-from actors.connectors.base import RecordSink
+from actors.connectors.base import ConnectionAction, RecordSink
+from engine.config import ExchangeConfig
 from shm.records import Kind
-from sim.recorded import LineKind, RecordedLine, read_recorded
+from sim.recorded import LIVE_GENERATION, LineKind, RecordedLine, read_recorded
 
 # Recording file prefixes (the names the recordings keep) → coby exchange names.
 RECORDED_NAMES = {
@@ -114,12 +117,22 @@ def _files(files: list[Path]) -> tuple[Path | None, list[Path], list[Path]]:
     return metadata, sorted(http, key=number), sorted(ws, key=number)
 
 
+Frame = tuple[int, RecordedLine]
+"""One replayed line: the module's connection index and the recorded open or received frame."""
+
+
 def verify_recording(
-    prefix: str, files: list[Path], timed: bool = False, sink: RecordSink | None = None
+    prefix: str,
+    files: list[Path],
+    timed: bool = False,
+    sink: RecordSink | None = None,
+    transform: Callable[[list[Frame]], Iterable[Frame]] | None = None,
 ) -> dict[str, Any]:
     """Replay one exchange's recording and report what the connector saw. ``timed`` adds
     ``handler_ns``, the time spent in the connector's ``on_message``, and ``sink`` replaces
-    the counting sink (bench/connectors.py times the path into a real ring)."""
+    the counting sink (bench/connectors.py times the path into a real ring). ``transform``
+    rewrites the merged stream before the replay, to inject a fault (tests/test_recorded_faults.py);
+    its result is consumed one frame at a time, as the replay goes."""
     name = RECORDED_NAMES.get(prefix, prefix.lower())
     module = load_exchange_module(name)
     metadata, http_files, ws_files = _files(files)
@@ -129,21 +142,34 @@ def verify_recording(
     canonical = {symbol: _canonical(symbol) for symbol in configured.get("l2_book", [])}
     symbols = [symbol for symbol in canonical.values() if symbol is not None]
     without_canonical = [symbol for symbol, name in canonical.items() if name is None]
-    options = getattr(module, "RECORDED_OPTIONS", {})
-    if options is None:
-        raise UnreadableRecording(f"{name}: coby's connector does not read this recorded generation")
     sink = CountingSink() if sink is None else sink
-    connector = module.CONNECTOR(sink, 0, {symbol: index for index, symbol in enumerate(symbols)}, **options)
+    symbol_ids = {symbol: index for index, symbol in enumerate(symbols)}
+    if configured.get("generation") == LIVE_GENERATION:  # written by coby record: today's protocol
+        defaults = ExchangeConfig()
+        settings = SimpleNamespace(
+            ws_url="", rest_url="",
+            **{key: configured.get("settings", {}).get(key, getattr(defaults, key))
+               for key in ("snapshot_depth", "stale_after_s", "max_streams_per_connection")},
+        )
+        connector = module.CONNECTOR.from_settings(sink, 0, symbol_ids, settings)
+    else:
+        options = getattr(module, "RECORDED_OPTIONS", {})
+        if options is None:
+            raise UnreadableRecording(f"{name}: coby's connector does not read this recorded generation")
+        connector_class = getattr(module, "RECORDED_CONNECTOR", module.CONNECTOR)
+        connector = connector_class(sink, 0, symbol_ids, **options)
     responses = [line for line in metadata_lines if line.kind == LineKind.HTTP_RESPONSE]
     if responses:
         for url in connector.instruments_urls:
             connector.load_instruments(_instrument_response(url, responses).payload)
     snapshots = [line for path in http_files for line in read_recorded(path) if line.kind == LineKind.HTTP_RESPONSE]
     planned = max(len(connector.connection_plan()), 1)
-    frames = _merged_stream(ws_files, planned)
+    frames: Iterable[Frame] = _merged_stream(ws_files, planned)
+    if transform is not None:
+        frames = transform(frames)
     pending: dict[str, RecordedLine] = {}
     opened: set[int] = set()
-    received = handler_ns = 0
+    received = handler_ns = reconnects = 0
     clock = time.perf_counter_ns
     for connection, line in frames:
         for symbol in [s for s, answer in pending.items() if answer.timestamp_ns <= line.timestamp_ns]:
@@ -157,10 +183,11 @@ def verify_recording(
             received += 1
             if timed:
                 started = clock()
-                connector.on_message(connection, line.payload, line.timestamp_ns)
+                action = connector.on_message(connection, line.payload, line.timestamp_ns)
                 handler_ns += clock() - started
             else:
-                connector.on_message(connection, line.payload, line.timestamp_ns)
+                action = connector.on_message(connection, line.payload, line.timestamp_ns)
+            reconnects += action == ConnectionAction.RECONNECT
         for request in connector.snapshot_requests(line.timestamp_ns):
             answer = _snapshot_for(request.native_symbol, snapshots)
             if answer is not None:
@@ -168,7 +195,9 @@ def verify_recording(
     for symbol, answer in pending.items():
         connector.on_snapshot(symbol, answer.payload, answer.timestamp_ns)
     report = _report(prefix, name, connector, symbols, received, sink)
+    report["symbol_ids"] = symbol_ids  # as written in the records
     report["skipped_symbols"] = without_canonical
+    report["reconnects"] = reconnects
     if timed:
         report["handler_ns"] = handler_ns
     return report
@@ -197,7 +226,7 @@ def _snapshot_for(native_symbol: str, snapshots: list[RecordedLine]) -> Recorded
     return None
 
 
-def _merged_stream(ws_files: list[Path], planned: int) -> list[tuple[int, RecordedLine]]:
+def _merged_stream(ws_files: list[Path], planned: int) -> list[Frame]:
     """Every connection's opens and frames, in receive order (one clock for all files);
     recorded connection ``k`` is the module's connection ``k % planned``."""
     merged = [

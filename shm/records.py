@@ -91,6 +91,7 @@ class Status(IntEnum):
     RESYNCING = 4
     DISCONNECTED = 5
     STALE = 6
+    ERROR = 7  # the aggregator found the book unusable (crossed within the exchange) until its next snapshot
 
 
 class Reason(IntEnum):

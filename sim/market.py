@@ -5,9 +5,13 @@ its own offset, a slowly varying noise and occasional dislocations, and keeps it
 exact book per symbol in integer ticks and lots (so every price and size has one exact
 decimal text on every venue) with its own update-id counter. Every step, orders arrive,
 get cancelled and trade; when a venue's mid moves through resting orders those trade
-too; liquidity shocks sweep several levels at once. All randomness comes from one
-seeded :class:`random.Random`, so a seed and a sequence of ``step`` calls give the same
-books, ids and trades every time, whatever the wall clock says.
+too; liquidity shocks sweep several levels at once. Scripted events (a test's or a
+demo's plan) shift a venue's price for a while (:meth:`Market.dislocate`), sweep its
+book (:meth:`Market.liquidity_shock`) or make market makers pull their quotes near the
+mid on several venues at once for a while (:meth:`Market.withdraw_liquidity`). All
+randomness comes from one seeded :class:`random.Random`, so a seed and a sequence of
+``step`` calls give the same books, ids and trades every time, whatever the wall clock
+says.
 
 A step returns what changed as venue-neutral events (:class:`BookChange`,
 :class:`Trade`); each venue module's simulator side encodes them in its wire format.
@@ -193,6 +197,9 @@ class Market:
         self.latent_ticks = {spec.canonical: float(Decimal(spec.price) / Decimal(spec.tick_size)) for spec in symbols}
         self.books: dict[tuple[str, str], VenueBook] = {}
         self._pending_shocks: list[tuple[str, str, Side, int]] = []
+        # (venue, symbol) → active withdrawals: side, distance (bp), until (market s), the
+        # orders pulled (distance from the mid in ticks, lots) to put back when it ends
+        self._withdrawals: dict[tuple[str, str], list[tuple[Side, float, float, list[tuple[int, int]]]]] = {}
         for venue in venues:
             for spec in symbols:
                 book = VenueBook(last_update_id=1_000_000 + self.random.randrange(1_000_000_000))
@@ -233,6 +240,19 @@ class Market:
     def liquidity_shock(self, venue: str, symbol: str, side: Side, levels: int) -> None:
         """At the next step, one market order sweeps the best ``levels`` levels of ``side``."""
         self._pending_shocks.append((venue, symbol, side, levels))
+
+    def withdraw_liquidity(
+        self, symbol: str, bps: float, seconds: float, venues: Iterable[str] | None = None,
+        sides: Iterable[Side] = (Side.BID, Side.ASK),
+    ) -> None:
+        """For ``seconds`` of market time, the venues (all by default) keep no order of
+        ``sides`` within ``bps`` of their mid: resting ones are cancelled at the next step and
+        new ones only arrive beyond that distance (a thin book; the spread opens to 2 × ``bps``
+        when both sides are pulled). When it ends, the pulled orders are put back at the
+        distance from the mid they had (market makers quoting again)."""
+        until = self.elapsed_s + seconds
+        for venue in self.venues if venues is None else venues:
+            self._withdrawals.setdefault((venue, symbol), []).extend((side, bps, until, []) for side in sides)
 
     # ---- evolution -------------------------------------------------------------------------
 
@@ -304,6 +324,7 @@ class Market:
         mid = self._venue_mid(venue, symbol, book, dt)
         highest_bid = max(1, math.ceil(mid) - 1)
         lowest_ask = max(highest_bid + 1, math.floor(mid) + 1)
+        highest_bid, lowest_ask = self._withdraw(venue.name, symbol, book, step, mid, highest_bid, lowest_ask)
         # The venue's price moved through resting orders: they trade.
         for tick in sorted((tick for tick in book.bids if tick > highest_bid), reverse=True):
             self._trade(venue.name, symbol, book, step, trades, Side.ASK, tick, book.bids[tick], now_ns)
@@ -333,6 +354,48 @@ class Market:
         if venue.shock_rate and rng.random() < venue.shock_rate * dt:
             side = Side.BID if rng.random() < 0.5 else Side.ASK
             self._sweep(venue.name, symbol, book, step, trades, side, rng.randint(3, 10), now_ns)
+        return highest_bid, lowest_ask
+
+    def _withdraw(
+        self,
+        venue: str,
+        symbol: str,
+        book: VenueBook,
+        step: _StepChanges,
+        mid: float,
+        highest_bid: int,
+        lowest_ask: int,
+    ) -> tuple[int, int]:
+        """Pull the orders a withdrawal keeps away from the mid, or put them back once it
+        has ended; return the bounds new orders respect."""
+        entries = self._withdrawals.get((venue, symbol))
+        if not entries:
+            return highest_bid, lowest_ask
+        centre = round(mid)
+        active = []
+        for side, bps, until, pulled in entries:
+            levels = book.bids if side == Side.BID else book.asks
+            if until <= self.elapsed_s:
+                for offset, lots in pulled:
+                    tick = centre - offset if side == Side.BID else centre + offset
+                    allowed = 1 <= tick <= highest_bid if side == Side.BID else tick >= lowest_ask
+                    if allowed:
+                        step.set(side, tick, levels.get(tick, 0) + lots)
+                continue
+            active.append((side, bps, until, pulled))
+            if side == Side.BID:
+                highest_bid = max(1, min(highest_bid, math.floor(mid * (1.0 - bps / 1e4))))
+                inside = [tick for tick in levels if tick > highest_bid]
+            else:
+                lowest_ask = max(lowest_ask, math.ceil(mid * (1.0 + bps / 1e4)))
+                inside = [tick for tick in levels if tick < lowest_ask]
+            for tick in inside:
+                pulled.append((centre - tick if side == Side.BID else tick - centre, levels[tick]))
+                step.set(side, tick, 0)
+        if active:
+            self._withdrawals[venue, symbol] = active
+        else:
+            del self._withdrawals[venue, symbol]
         return highest_bid, lowest_ask
 
     def _refill(

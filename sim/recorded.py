@@ -106,6 +106,10 @@ def _single_line(payload: str | bytes) -> str:
     return payload.replace("\r", " ").replace("\n", " ")
 
 
+LIVE_GENERATION = "live"
+"""The ``generation`` of a recording made by ``coby record``: today's protocol of each exchange."""
+
+
 class RecordingWriter:
     """Writes live traffic in the recorded format, so ``coby verify`` can replay it.
 
@@ -114,8 +118,11 @@ class RecordingWriter:
     new connection) its own ``EXCHANGE.ws.N.0``.
     """
 
-    def __init__(self, directory: str | os.PathLike[str], exchange: str, symbols: list[str]) -> None:
+    def __init__(
+        self, directory: str | os.PathLike[str], exchange: str, symbols: list[str], settings: dict | None = None
+    ) -> None:
         self.directory = Path(directory)
+        self.settings = settings or {}  # the connector's config section, so verify builds the same connector
         self.directory.mkdir(parents=True, exist_ok=True)
         self.prefix = recording_prefix(exchange)
         self.symbols = symbols
@@ -152,7 +159,11 @@ class RecordingWriter:
         for connection in list(self._connections):
             self.closed(connection)
         configured = [symbol.replace("/", "-").replace(":", "-") for symbol in self.symbols]
-        self._metadata.write(f"configuration: {json.dumps({'l2_book': configured, 'trades': configured})}\n")
+        # "generation": the recording speaks the connector's live protocol, not a recorded one
+        description = {
+            "l2_book": configured, "trades": configured, "generation": LIVE_GENERATION, "settings": self.settings
+        }
+        self._metadata.write(f"configuration: {json.dumps(description)}\n")
         self._metadata.close()
         self._snapshots.close()
 

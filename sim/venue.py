@@ -16,7 +16,11 @@ from decimal import Decimal
 from typing import Any
 from dataclasses import dataclass, field
 
-from sim.market import Market, MarketStep
+from sim import faults
+from sim.market import BookChange, Market, MarketStep
+
+Frame = str | bytes
+"""A WebSocket frame: text, or binary (HTX's gzip-compressed JSON)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +73,61 @@ class SimulatedVenue(ABC):
     @abstractmethod
     def encode_step(self, step: MarketStep) -> Any:
         """Encode this venue's events of a step once; sessions pick their frames from it."""
+
+    # ---- fault rendering (sim.server.VenueFaults asks; a venue overrides what it renders its own way)
+
+    def fault_frames(self, frame: Frame, change: BookChange, kind: str) -> list[Frame] | None:
+        """What replaces ``frame`` for a frame fault of ``kind`` (``sim.faults.BAD_VALUES``
+        keys, ``wrong_shape``, ``unknown_symbol``, ``duplicate``) if it is the book frame carrying one of
+        ``change``'s levels, else None. The default finds the level in the decoded frame
+        (:mod:`sim.faults`), which fits every venue that writes prices and symbol names."""
+        symbol = change.symbol
+        if kind == "duplicate":
+            return [frame, frame] if any(self._holds_level(frame, change)) else None
+        if kind == "unknown_symbol":
+            if not any(self._holds_level(frame, change)):
+                return None
+            renamed = faults.rename_base(frame, self.market.symbols[symbol].base)
+            return None if renamed is None else [renamed, frame]
+        for price, size in self._holds_level(frame, change):
+            if kind == "wrong_shape":
+                replaced = faults.replace_level_shape(frame, price, size)
+            else:
+                field_name, token = faults.BAD_VALUES[kind]
+                replaced = faults.replace_level_value(frame, price, size, field_name, token)
+            if replaced is not None:
+                return [replaced]
+        return None
+
+    def _holds_level(self, frame: Frame, change: BookChange) -> list[tuple[float, float]]:
+        """The (price, size) of ``change``'s levels (bids first, resting ones only) that
+        ``frame`` carries."""
+        decoded = faults.decode_frame(frame)
+        if decoded is None:
+            return []
+        message = decoded[0]
+        symbol = change.symbol
+        held = []
+        for tick, lots in (*change.bids, *change.asks):
+            if lots <= 0:
+                continue
+            price, size = self.market.price(symbol, tick), self.market.size(symbol, lots)
+            if faults.find_level(message, price, size) is not None:
+                held.append((price, size))
+        return held
+
+    def corrupt_checksums(self, symbol: str, count: int = 1) -> None:
+        """The next ``count`` book updates of ``symbol`` carry a wrong checksum."""
+        raise NotImplementedError(f"{self.venue} sends no checksum")
+
+    def subscription_refusal(self, text: str) -> list[Frame] | None:
+        """The venue's error reply to ``text`` if it is a subscribe request, else None
+        (venues that subscribe in the URL refuse the upgrade instead: ``refuse_upgrades``)."""
+        return None
+
+    def maintenance_frames(self, starting: bool) -> list[Frame]:
+        """The venue's own notice that maintenance is ``starting`` (or over)."""
+        raise NotImplementedError(f"{self.venue} has no maintenance notice in the simulator")
 
 
 def decimal_places(step: str) -> int:

@@ -24,6 +24,7 @@ from actors.connectors.bitfinex import (
 from actors.connectors.checksum import interleaved_checksum
 from shm.records import Kind, Reason, Side
 from sim.market import default_market
+from sim.recorded import LineKind, read_recorded
 
 SECOND = 1_000_000_000
 NOW = 1_700_000_000 * SECOND
@@ -245,3 +246,82 @@ def test_simulated_session_speaks_seq_all_and_checksums() -> None:
     assert orjson.loads(frame)[-1] == 3
     (error,) = session.on_client_message('{"event":"subscribe","channel":"book","symbol":"tNOPE"}')
     assert orjson.loads(error)["code"] == 10300
+
+
+def _connectors_fast_and_generic(sink_factory) -> tuple[BitfinexConnector, BitfinexConnector]:
+    """Two checksum-less connectors (the recorded generation): one with its typed fast path,
+    one reading every frame the generic way (its ``_on_message_as_text``)."""
+    fast = BitfinexConnector(sink_factory(), 6, SYMBOL_IDS, checksums=False)
+    generic = BitfinexConnector(sink_factory(), 6, SYMBOL_IDS, checksums=False)
+    generic.on_message = generic._on_message_as_text
+    return fast, generic
+
+
+def _same_outcome(fast: BitfinexConnector, generic: BitfinexConnector) -> None:
+    assert fast.output.sink.records().tobytes() == generic.output.sink.records().tobytes()
+    assert fast.connection_counters == generic.connection_counters
+    for symbol in SYMBOL_IDS:
+        assert fast.counters(symbol) == generic.counters(symbol)
+        fast_book, generic_book = fast.book(symbol), generic.book(symbol)
+        assert (fast_book.bids, fast_book.asks) == (generic_book.bids, generic_book.asks)
+        assert (fast_book.bid_prices, fast_book.ask_prices) == (generic_book.bid_prices, generic_book.ask_prices)
+    assert fast.frame_rejected == generic.frame_rejected
+
+
+SNAPSHOT_BODY = "[[100,1,1],[101,1,-1],[99,2,3]]"
+UPDATE_BODIES = ["[99.5,1,0.25]", "[100.5,1,-2]", "[99,0,1]", "[100.5,0,-1]", "[98,0,1]",  # deletes, unknown delete
+                 "[100,1,1e-8]", "[100.25,3,-1.5e2]", "[100.75,1,-1]", "[100.75,1,-3]"]
+ODD_BODIES = [
+    "[100,1.0,1]", "[100,true,1]", "[100,1,0]", "[100,1,-0]", "[100,1,-0.0]",  # odd kinds: the generic path's
+    "[0,1,1]", "[-1,1,1]", "[1e13,1,1]", "[100,1,1e16]", "[100,1,-1e16]", "[1e999,1,1]",  # refused levels
+    "[100,-1,1]", "[100,0,2]", "[100,0,1.0]", "[100,0,-1.0]",
+    "[100,1,1,4]", "[100,1]", "[]", '"hb"',  # not one level
+    "[101,1,1]",  # crosses the book: resync
+]
+
+
+def test_typed_fast_path_has_the_generic_paths_outcome_frame_by_frame(sink_factory) -> None:
+    fast, generic = _connectors_fast_and_generic(sink_factory)
+    for connector in (fast, generic):
+        connector.load_instruments(PAIRS)
+        connector.on_open(0, NOW)
+        for channel_id, symbol in ((10, "tBTCUSD"), (11, "tDOGE:UST")):
+            connector.on_message(0, orjson.dumps({"event": "subscribed", "channel": "book", "chanId": channel_id,
+                                                  "symbol": symbol}).decode(), NOW)
+    bodies = [SNAPSHOT_BODY, *UPDATE_BODIES]
+    for odd in ODD_BODIES:  # each on a live book, then one update after it
+        bodies += [SNAPSHOT_BODY, odd, "[99.5,1,0.5]"]
+    frames = [f"[10,{body},{number}]" for number, body in enumerate(bodies, 1)]
+    frames += [f"[11,[[0.1,1,100],[0.2,1,-100]],{len(frames) + 1}]", f"[11,[0.15,1,5],{len(frames) + 2}]",
+               f"[12,[0.15,1,5],{len(frames) + 3}]",  # a channel never subscribed
+               f"[11,[0.16,1,5],{len(frames) + 9}]",  # a gap: every book cleared, reconnect
+               f"[11,[0.17,1,5],{len(frames) + 10}]"]  # ignored until the connection is replaced
+    for number, frame in enumerate(frames):
+        assert fast.on_message(0, frame, NOW + number) == generic.on_message(0, frame, NOW + number), frame
+        _same_outcome(fast, generic)
+    counters = fast.counters("BTC/USD")
+    assert (counters.crossed, counters.parse_errors) == (1, 13)
+    assert counters.frames_applied > len(UPDATE_BODIES)
+    assert fast.connection_counters[0].sequence_gaps == 1
+
+
+def test_typed_fast_path_has_the_generic_paths_outcome_on_the_recording(recorded, sink_factory) -> None:
+    from actors.connectors.bitfinex import RECORDED_OPTIONS
+
+    pairs = next(line.payload for line in read_recorded(recorded / "BITFINEX.0")
+                 if line.kind == LineKind.HTTP_RESPONSE and line.url.endswith("pub:list:pair:exchange"))
+    frames = [(line.payload, line.timestamp_ns) for line in read_recorded(recorded / "BITFINEX.ws.11.0")
+              if line.kind == LineKind.RECEIVED]
+    symbol_ids = {"IOT/ETH": 1, "DOG/USD": 2, "MNA/BTC": 3, "ODE/USD": 4, "TESTBTC/TESTUSD": 5, "SNG/USD": 6}
+    outcomes = []
+    for fast_path in (True, False):
+        sink = sink_factory()
+        connector = BitfinexConnector(sink, 5, symbol_ids, **RECORDED_OPTIONS)
+        if not fast_path:
+            connector.on_message = connector._on_message_as_text
+        connector.load_instruments(pairs)
+        connector.on_open(0, frames[0][1])
+        actions = [connector.on_message(0, payload, receive_ts) for payload, receive_ts in frames]
+        outcomes.append((sink.records().tobytes(), actions, [connector.counters(symbol) for symbol in symbol_ids]))
+    assert outcomes[0] == outcomes[1]
+    assert sum(counters.frames_applied for counters in outcomes[0][2]) == 1593

@@ -249,3 +249,63 @@ def test_advanced_bad_input_is_counted_and_dropped(memory_sink) -> None:
     connector.on_message(0, orjson.dumps(bad), NOW)
     assert connector.counters("BTC/USD").parse_errors == 1
     assert connector.feeds_by_canonical["BTC/USD"].state == SyncState.SUBSCRIBING
+
+
+def _recorded_times(recorded) -> list[str]:
+    from sim.recorded import LineKind, read_recorded
+
+    times = []
+    for path in sorted(recorded.glob("COINBASE.ws.*")):
+        for line in read_recorded(path):
+            if line.kind == LineKind.RECEIVED:
+                time = orjson.loads(line.payload).get("time")
+                if isinstance(time, str):
+                    times.append(time)
+    return times
+
+
+def test_the_inline_time_parse_is_rfc3339_ns_on_every_recorded_time(recorded) -> None:
+    """on_message parses an l2update's time inline from its whole second (rfc3339_second) and
+    the six fraction digits: bit for bit rfc3339_ns on every time of the recording."""
+    from actors.connectors.base import rfc3339_second
+
+    times = _recorded_times(recorded)
+    assert len(times) > 9_000
+    for text in times:
+        prefix, second_ns = rfc3339_second(text)
+        assert text.startswith(prefix) and second_ns + int(text[20:26]) * 1000 == rfc3339_ns(text), text
+    assert rfc3339_second("2021-04-17T16:43:37.0756Z") is None and rfc3339_second("2021-04-17T16:43:37Z") is None
+
+
+ODD_TIMES = [
+    "2021-04-17T16:43:37.075687Z", "2021-04-17T16:43:37.075688Z",  # the same second: inline
+    "2021-04-17T16:43:38.000001Z", "2021-04-17T16:43:38.1Z", "2021-04-17T16:43:38.123456789Z",  # other layouts
+    "2021-04-17T16:43:38.-12345Z", "2021-04-17T16:43:38.12a456Z", "2021-04-17T16:43:38.123456+", "",
+    "2021-04-17T16:43:38", "not a time", "2021-02-30T16:43:38.123456Z",
+]
+
+
+def test_typed_l2updates_have_the_generic_paths_outcome(sink_factory) -> None:
+    """The same l2updates as text (the typed path, its inline time parse included) and as bytes
+    (the generic path): the same records, counters, books and rejections, frame by frame."""
+    typed, generic = (connector_for(sink_factory(), api=PRO) for _ in range(2))
+    frames = [snapshot("BTC-USD", [["100.00", "1"]], [["101.00", "2"]])]
+    for number, time in enumerate(ODD_TIMES):
+        frames.append(orjson.dumps({"type": "l2update", "product_id": "BTC-USD", "time": time,
+                                    "changes": [["buy", f"99.{number:02d}", "1.5"]]}).decode())
+        frames.append(snapshot("BTC-USD", [["100.00", "1"]], [["101.00", "2"]]))  # again live after a bad one
+    frames += [l2update("BTC-USD", ["sell", "101.00", "0"], ["buy", "100.50", "3"]),
+               l2update("BTC-USD", ["sell", "100.25", "1"]),  # crossed
+               snapshot("BTC-USD", [["100.00", "1"]], [["101.00", "2"]]),
+               l2update("BTC-USD", ["buy", "0", "1"]),
+               snapshot("BTC-USD", [["100.00", "1"]], [["101.00", "2"]]),
+               l2update("BTC-USD", ["hold", "100", "1"]), l2update("SOL-EUR", ["buy", "1", "1"])]
+    for number, frame in enumerate(frames):
+        typed.frame_rejected = generic.frame_rejected = False
+        assert typed.on_message(0, frame, NOW + number) == generic.on_message(0, frame.encode(), NOW + number)
+        assert typed.output.sink.records().tobytes() == generic.output.sink.records().tobytes(), frame
+        assert typed.counters("BTC/USD") == generic.counters("BTC/USD"), frame
+        assert typed.connection_counters == generic.connection_counters
+        assert typed.book("BTC/USD").bids == generic.book("BTC/USD").bids and typed.frame_rejected == generic.frame_rejected
+    counters = typed.counters("BTC/USD")
+    assert counters.parse_errors >= 5 and counters.crossed == 1

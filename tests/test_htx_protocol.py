@@ -5,6 +5,7 @@ pushes, instrument mapping, and bad input counted and dropped."""
 from __future__ import annotations
 
 import gzip
+import zlib
 from typing import Any
 
 import orjson
@@ -24,6 +25,7 @@ from actors.connectors.htx import (
     parse_symbols,
 )
 from shm.records import Kind, Reason, Side
+from sim.recorded import LineKind, read_recorded
 
 SECOND = 1_000_000_000
 NOW = 1_700_000_000 * SECOND
@@ -245,3 +247,71 @@ def test_a_bad_book_push_never_leaves_a_wrong_book(memory_sink, tick: dict) -> N
     assert connector.feeds["btcusdt"].state is SyncState.SUBSCRIBING
     assert connector.book("BTC/USDT").best_bid() is None
     assert 1 not in memory_sink.books()  # the consumer saw the CLEAR
+
+
+DEPTH_TOPIC = "market.btcusdt.depth.step0"
+DEPTH_TICKS = [  # (ts, tick) of depth.step0 pushes: the typed path's cases and the generic path's
+    (1, {"bids": [[100.0, 1.0], [99.0, 2.0]], "asks": [[101.0, 1.0]], "version": 10, "ts": 1}),
+    (2, {"bids": [[100.5, 3], [99, "2.5"]], "asks": [[101, 0.0], [102.0, 1e-8]], "version": 11}),  # kinds, a zero size
+    (3, {"asks": [[101.0, 1.0]], "version": 12}),  # a side absent
+    (4, {"bids": None, "asks": [], "version": 13}),  # null, empty
+    (5, {"bids": [[100.0, 1.0, 7]], "asks": [[101.0, 1.0]], "version": 14}),  # a third element: generic's
+    (6, {"bids": [[100.0, 1.0]], "asks": [[101.0, 1.0]], "version": 14}),  # version not increased: gap
+    (7, {"bids": [[100.0, 1.0]], "asks": [[101.0, 1.0]], "version": 15}),  # reseeds
+    (8, {"bids": [[0.0, 1.0]], "asks": [[101.0, 1.0]], "version": 16}),  # refused levels
+    (9, {"bids": [[100.0, -1.0]], "asks": [[101.0, 1.0]], "version": 17}),
+    (10, {"bids": [[1e13, 1.0]], "asks": [[101.0, 1.0]], "version": 18}),
+    (11, {"bids": [[100.0, 1e16]], "asks": [[101.0, 1.0]], "version": 19}),
+    (12, {"bids": [["x", 1.0]], "asks": [[101.0, 1.0]], "version": 20}),
+    (13, {"bids": [[100.0, 1.0]], "asks": [[101.0, 1.0]], "version": 21}),
+    (14, {"bids": [[102.0, 1.0]], "asks": [[101.0, 1.0]], "version": 22}),  # crossed
+    (15.5, {"bids": [[100.0, 1.0]], "asks": [[101.0, 1.0]], "version": 23}),  # odd kinds: generic's
+    ("16", {"bids": [[100.0, 1.0]], "asks": [[101.0, 1.0]], "version": 24}),
+    (17, {"bids": [[100.0, 1.0]], "asks": [[101.0, 1.0]], "version": "25"}),
+    (18, {"bids": [[100.0, 1.0]], "asks": [[101.0, 1.0]]}),  # no version
+    (19, {"bids": {"100": 1}, "asks": [[101.0, 1.0]], "version": 26}),
+    (20, {"bids": [[100.0, 2.0], [100.0, 0.0]], "asks": [[101.0, 1.0]], "version": 27}),  # a price twice
+]
+
+
+def test_typed_depth_pushes_have_the_generic_paths_outcome(sink_factory) -> None:
+    """Each push as HTX sends it (gzip binary: the typed path) and as a text frame (the generic
+    path): the same records, counters, books and rejections, push by push."""
+    options = load_exchange_module("htx").RECORDED_OPTIONS
+    typed, generic = (HtxConnector(sink_factory(), 7, SYMBOL_IDS, **options) for _ in range(2))
+    for connector in (typed, generic):
+        connector.load_instruments(SYMBOLS)
+        connector.on_open(0, NOW)
+    pushes = [{"ch": DEPTH_TOPIC, "ts": ts, "tick": tick} for ts, tick in DEPTH_TICKS]
+    pushes += [{"ch": "market.xrpusdt.depth.step0", "ts": 1, "tick": {"version": 1}},  # not ours
+               {"ch": "market.ethbtc.trade.detail", "ts": 1, "tick": {"version": 1, "data": []}}]
+    for number, push in enumerate(pushes):
+        typed.frame_rejected = generic.frame_rejected = False
+        assert typed.on_message(0, frame(push), NOW + number) == generic.on_message(0, orjson.dumps(push).decode(),
+                                                                                     NOW + number)
+        assert typed.output.sink.records().tobytes() == generic.output.sink.records().tobytes(), push
+        assert typed.connection_counters == generic.connection_counters
+        assert typed.counters("BTC/USDT") == generic.counters("BTC/USDT"), push
+        assert levels(typed) == levels(generic) and typed.frame_rejected == generic.frame_rejected
+    counters = typed.counters("BTC/USDT")
+    assert (counters.gaps, counters.crossed, counters.parse_errors) == (1, 1, 7)
+
+
+def test_typed_depth_pushes_have_the_generic_paths_outcome_on_the_recording(recorded, sink_factory) -> None:
+    """HUOBI.ws.44.0 as recorded (gzip: the typed path) and as text frames (the generic path)."""
+    metadata = next(line.payload for line in read_recorded(recorded / "HUOBI.0") if line.kind == LineKind.HTTP_RESPONSE)
+    frames = [(line.payload, line.timestamp_ns) for line in read_recorded(recorded / "HUOBI.ws.44.0")
+              if line.kind == LineKind.RECEIVED]
+    symbol_ids = {"PROPY/ETH": 1, "ZEN/ETH": 2, "TRIO/ETH": 3, "XVG/ETH": 4, "YFI/HUSD": 5, "OMG/BTC": 6,
+                  "NEST/ETH": 7, "BOR/USDT": 8, "FIL3S/USDT": 9, "DOGE/ETH": 10}
+    outcomes = []
+    for as_text in (False, True):
+        sink = sink_factory()
+        connector = HtxConnector(sink, 5, symbol_ids, **load_exchange_module("htx").RECORDED_OPTIONS)
+        connector.load_instruments(metadata)
+        connector.on_open(0, frames[0][1])
+        for payload, receive_ts in frames:
+            connector.on_message(0, zlib.decompress(payload, 31).decode() if as_text else payload, receive_ts)
+        outcomes.append((sink.records().tobytes(), [connector.counters(symbol) for symbol in symbol_ids]))
+    assert outcomes[0] == outcomes[1]
+    assert sum(counters.snapshots for counters in outcomes[0][1]) == 292

@@ -232,6 +232,7 @@ def test_a_snapshot_older_than_the_buffer_is_fetched_again(memory_sink) -> None:
         b"not json",
         b'{"type":"message","subject":"trade.l2update","data":[1]}',
         l2(11, 11, bids=[["99", "1"]]),  # a change without its sequence
+        l2(11, 11, bids=[["99", "1", "11"], ["98", "1"]]),  # the same among changes to sort
         l2(11, 11, bids=[["-1", "1", "11"]]),
         l2(11, 11, bids=[["99", "x", "11"]]),
         l2(12, 11),
@@ -322,3 +323,53 @@ def test_ticker_disagreeing_with_the_book_resyncs(memory_sink) -> None:
         counters.cross_check_mismatches,
         counters.resyncs,
     ) == (1, 1, 1)
+
+
+def test_typed_l2updates_have_the_generic_paths_outcome(sink_factory) -> None:
+    """The same l2updates as text frames (the typed path) and as bytes (the generic path, which
+    the typed one never takes): the same records, counters, books and rejections, frame by frame,
+    buffered before the snapshot and live after it."""
+    typed, generic = (subscribed(sink_factory()) for _ in range(2))
+    bodies = [
+        ((9, 9), [["99.0", "5", "9"]], []),  # buffered, then in the snapshot
+        ((10, 11), [["99.5", "2", "11"], ["99.5", "7", "10"]], []),  # buffered, sorted by change sequence
+        "snapshot",
+        ((12, 12), [], [["0", "0", "12"]]),  # price "0": sequence only
+        ((13, 14), [["99.5", "0", "14"], ["98", "3", "13"]], [["0", "0", "14"]]),
+        ((15, 15), [["97.5", "1e-8", "15"]], [["101.5", "2.25", "15"]]),
+        ((16, 16), [["97", 5, "16"]], []),  # a JSON number size
+        ((17, 17), [["97", "1", "+17"], ["96", "1", "017"], ["95", "1", " 17"]], []),  # sequences int() reads
+        ((18, 18), [["0.0", "1", "18"]], []),  # refused: the book resyncs
+        "snapshot",
+        ((19, 19), [["99", " 1", "19"]], []),  # a size only float() reads: the generic path's
+        ((20, 20), [["99", "1", "20"], ["98", "1", "x"]], []),  # a sequence that does not sort
+        "snapshot",
+        ((21, 21), [["101", "1", "21"]], []),  # crossed
+        "snapshot",
+        ((22, 22), [["99", "1e16", "22"]], []),
+        "snapshot",
+        ((23, 24), [], [["1e13", "1", "23"]]),
+        "snapshot",
+        ((25, 25), [["99", "1", "25"]], []), ((27, 27), [["99", "2", "27"]], []),  # a gap
+    ]
+    snapshots = 0
+    for number, body in enumerate(bodies):
+        for connector in (typed, generic):
+            connector.frame_rejected = False
+            if body == "snapshot":
+                connector.snapshot_requests(10**12 * (snapshots + 1))
+                connector.on_snapshot("BTC-USDT", snapshot(10 if not snapshots else bodies[number - 1][0][1]), 8)
+        if body == "snapshot":
+            snapshots += 1
+        else:
+            (start, end), bids, asks = body
+            frame = l2(start, end, bids=bids, asks=asks)
+            assert typed.on_message(0, frame.decode(), 10 + number) == generic.on_message(0, frame, 10 + number)
+        assert typed.output.sink.records().tobytes() == generic.output.sink.records().tobytes(), body
+        assert typed.counters("BTC/USDT") == generic.counters("BTC/USDT"), body
+        assert typed.connection_counters == generic.connection_counters
+        typed_book, generic_book = typed.book("BTC/USDT"), generic.book("BTC/USDT")
+        assert (typed_book.bids, typed_book.asks) == (generic_book.bids, generic_book.asks)
+        assert typed.frame_rejected == generic.frame_rejected
+    counters = typed.counters("BTC/USDT")
+    assert (counters.gaps, counters.crossed) == (1, 1) and counters.parse_errors >= 4

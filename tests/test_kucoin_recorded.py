@@ -3,13 +3,16 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+import numpy as np
 import pytest
 
 from actors.connectors.base import ConnectionAction, Instrument
 from actors.connectors.kucoin import KucoinConnector, parse_symbols
+from shm.records import Kind, Side
 from sim.recorded import LineKind, read_recorded
 
 SYMBOL_IDS = {
@@ -125,10 +128,9 @@ def test_ltx_usdt_has_no_snapshot_and_stays_unsynced(replayed) -> None:
 
 
 def test_ticker_cross_check(replayed) -> None:
-    """The README counts 812 of 812; an independent rebuild here finds 819 tickers at or
-    after the snapshot sequence, all matching. The connector compares the 798 that arrive
-    before the book has moved past their sequence (21 arrive later and are skipped by
-    ``expect_top``); none disagrees."""
+    """The connector's live cross-check compares the 798 tickers that arrive before the book
+    has moved past their sequence (21 arrive later and are skipped by ``expect_top``); none
+    disagrees. The next test checks all 819 from the records."""
     connector, _ = replayed
     checks = sum(connector.counters(symbol).cross_checks for symbol in SYNCED)
     mismatches = sum(
@@ -152,3 +154,47 @@ def test_records_rebuild_the_connectors_books(replayed) -> None:
     ) == (0, 0, 13)
     assert counters.ignored_frames == 6  # candles
     assert sum(connector.counters(symbol).trades for symbol in SYMBOL_IDS) == 18
+
+
+def test_books_rebuilt_from_records_agree_with_every_ticker_at_its_sequence(recorded: Path, replayed) -> None:
+    """The second source of truth, checked from what a consumer receives: each LEVEL record
+    carries its change's own sequence, so the book rebuilt from the records can be read at
+    any ticker's sequence, including the 21 that fall inside an already applied delta and
+    that the connector's frame-wise cross-check has to skip. Every ticker at or after its
+    symbol's snapshot agrees: 819 of 819 (the README's independent replay counts 812)."""
+    _, sink = replayed
+    records = sink.records()
+    tickers: dict[str, list[tuple[int, float, float]]] = {symbol: [] for symbol in SYNCED}
+    natives = {"BCHSV-USDT": "BSV/USDT"}
+    for line in read_recorded(recorded / "KUCOIN.ws.1.0"):
+        if line.kind == LineKind.RECEIVED and '"/market/ticker:' in line.payload:
+            message = json.loads(line.payload)
+            native = message["topic"].split(":")[1]
+            data = message["data"]
+            symbol = natives.get(native, native.replace("-", "/"))
+            tickers[symbol].append((int(data["sequence"]), float(data["bestBid"]), float(data["bestAsk"])))
+    compared = agreed = 0
+    for symbol in SYNCED:
+        mine = records[records["symbol_id"] == SYMBOL_IDS[symbol]]
+        (snapshot_end,) = np.flatnonzero(mine["kind"] == Kind.SNAPSHOT_END)
+        snapshot = mine[:snapshot_end]
+        snapshot_sequence = int(snapshot["sequence"][-1])
+        bids = {float(r["price"]): float(r["size"]) for r in snapshot if r["kind"] == Kind.LEVEL and r["side"] == Side.BID}
+        asks = {float(r["price"]): float(r["size"]) for r in snapshot if r["kind"] == Kind.LEVEL and r["side"] == Side.ASK}
+        after = mine[snapshot_end + 1 :]
+        assert Kind.CLEAR not in after["kind"] and Kind.SNAPSHOT_BEGIN not in after["kind"]  # never resynced
+        changes = after[after["kind"] == Kind.LEVEL]
+        changes = changes[np.argsort(changes["sequence"], kind="stable")]
+        position = 0
+        for sequence, best_bid, best_ask in sorted(t for t in tickers[symbol] if t[0] >= snapshot_sequence):
+            while position < len(changes) and changes["sequence"][position] <= sequence:
+                change = changes[position]
+                side = bids if change["side"] == Side.BID else asks
+                if change["size"]:
+                    side[float(change["price"])] = float(change["size"])
+                else:
+                    side.pop(float(change["price"]), None)
+                position += 1
+            compared += 1
+            agreed += (max(bids), min(asks)) == (best_bid, best_ask)
+    assert (compared, agreed) == (819, 819)

@@ -15,7 +15,7 @@ import pytest
 
 from actors.connectors.base import SyncState
 from actors.connectors.checksum import interleaved_checksum
-from actors.connectors.okx import OkxConnector
+from actors.connectors.okx import OkxStreamSeededConnector
 from engine.verify import failed, recordings, verify_recording
 from shm.records import Kind, Reason
 from sim.recorded import LineKind, read_recorded
@@ -66,8 +66,9 @@ def first_spot_instruments(recorded: Path) -> str:
     return next(line.payload for line in read_recorded(recorded / "OKX.0") if line.kind == LineKind.HTTP_RESPONSE)
 
 
-def replay(recorded: Path, sink, frames: list[tuple[str, int]]) -> OkxConnector:
-    connector = OkxConnector(sink, 9, SYMBOL_IDS)
+def replay(recorded: Path, sink, frames: list[tuple[str, int]]) -> OkxStreamSeededConnector:
+    """The recorded generation's connector (snapshot in the stream, checksums), as ``coby verify`` uses."""
+    connector = OkxStreamSeededConnector(sink, 9, SYMBOL_IDS)
     connector.load_instruments(first_spot_instruments(recorded))
     connector.on_open(0, frames[0][1])
     for payload, receive_ts in frames:

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from shm import registry
-from shm.book import BookReader, BookWriter
+from shm.book import BookLayout, BookReader, BookWriter
 from shm.features import FeatureReader
 from shm.registry import list_segments, read_directory, sweep, write_directory
 from shm.ring import Ring, ring_payload_size
@@ -34,7 +34,7 @@ def test_sweep_removes_segments_of_dead_owners_and_keeps_live_ones(instance):
     try:
         orphan = Ring.create(segment_name(instance, SegmentKind.RING, "binance"), 16, owner_pid=dead_owner.pid)
         kept_child = Ring.create(segment_name(instance, SegmentKind.RING, "kraken"), 16, owner_pid=live_owner.pid)
-        kept_self = BookWriter.create(segment_name(instance, SegmentKind.BOOK, "BTC-USDT"), 4, 2, 2)
+        kept_self = BookWriter.create(segment_name(instance, SegmentKind.BOOK, "BTC-USDT"), BookLayout(4, 2, 2))
         release_dead.set()
         dead_owner.join(10)
         assert dead_owner.exitcode == 0

@@ -165,6 +165,30 @@ def test_full_ring_refuses_the_whole_batch_and_the_consumer_hears_once(instance)
     producer.close()
 
 
+def test_packed_records_are_written_like_a_batch(instance):
+    """``write_records(buffer, count)``: the first ``count`` records packed in a byte buffer (a
+    connector's delta scratch), with a batch's contract: across the wrap, all or nothing."""
+    ring = new_ring(instance, 16)
+    scratch = bytearray(counted_records(0, 13).tobytes())
+    assert ring.write_records(scratch, 12)  # the 13th record of the buffer is not written
+    assert ring.drain()["sequence"].tolist() == list(range(12))
+    scratch[:] = counted_records(12, 13).tobytes()
+    assert ring.write_records(scratch, 9)  # slots 12..15, then 0..4
+    assert not ring.write_records(scratch, 8)  # 9 + 8 > 16: refused whole and counted
+    with pytest.raises(ValueError):
+        ring.write_records(scratch, 14)  # more records than the buffer holds
+    with pytest.raises(ValueError):
+        ring.write_records(scratch, -1)
+    stats = ring.stats()
+    assert (stats["written_records"], stats["dropped_records"], stats["dropped_batches"]) == (21, 8, 1)
+    got = ring.drain()
+    assert got["sequence"].tolist() == list(range(12, 21))
+    assert corrupt_records(got) == 0
+    assert ring.write_records(memoryview(bytes(scratch)), 2)  # any buffer, not only a bytearray
+    assert ring.drain()["sequence"].tolist() == [12, 13]
+    ring.close()
+
+
 def test_resnapshot_request_skips_the_queue_and_reaches_the_producer_once(instance):
     producer = new_ring(instance, 64)
     consumer = Ring.attach(producer.name)

@@ -95,7 +95,9 @@ class RuntimeStandIn:
                 await asyncio.sleep(RECONNECT_DELAY_S)
                 continue
             with contextlib.suppress(ConnectionClosed, OSError):
-                async with connect(url, proxy=None, compression=None) as websocket:
+                # close_timeout as the runtime's: a connection left on RECONNECT stops reading, so
+                # the venue's close frame waits behind unread frames until the timeout aborts it.
+                async with connect(url, proxy=None, compression=None, close_timeout=1) as websocket:
                     for message in self.connector.on_open(index, time.time_ns()):
                         await websocket.send(message)
                     self.sockets[index] = websocket

@@ -24,9 +24,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar, Literal
 from urllib.parse import parse_qs, urlsplit
 
+import msgspec
 import orjson
 
 from actors.connectors.base import (
@@ -38,8 +39,10 @@ from actors.connectors.base import (
     SyncRule,
     SyncState,
     canonical_symbol,
+    follows_contiguously,
     parse_levels,
 )
+from actors.connectors.wire import DecodeError, Integer, PriceLevels, decoder
 from shm.records import Side
 from sim.market import FixedPoint, Market, MarketStep
 from sim.venue import HttpReply, SimulatedVenue, VenueSession
@@ -58,7 +61,7 @@ DECIMAL_PLACES = 8  # Binance writes every price and quantity with 8 decimals
 BINANCE_SPOT_SYNC = SyncRule(
     is_stale=lambda first_id, last_id, snapshot_id: last_id <= snapshot_id,
     bridges=lambda first_id, last_id, snapshot_id: first_id <= snapshot_id + 1 <= last_id,
-    follows=lambda first_id, previous_id, prior_last_id: first_id == prior_last_id + 1,
+    follows=follows_contiguously,
 )
 
 _CONTINUE = ConnectionAction.CONTINUE  # a global: reading an enum member costs ~125 ns on 3.11
@@ -77,6 +80,29 @@ BookTicker = tuple[str, int, Level, Level]
 
 # ---------------------------------------------------------------------------------------
 # Wire format → values
+
+
+class TypedDepthUpdate(msgspec.Struct):
+    """A depthUpdate as the typed decoder reads it (:mod:`actors.connectors.wire`); spot has
+    no previous id (``pu`` 0), USD-M futures' subclass requires it."""
+
+    e: Literal["depthUpdate"]
+    E: Integer
+    s: str
+    U: Integer
+    u: Integer
+    b: PriceLevels
+    a: PriceLevels
+    pu: ClassVar[int] = 0
+
+
+class TypedDepthStream(msgspec.Struct):
+    """A combined-stream frame carrying a depthUpdate: ``{"stream": .., "data": {..}}``."""
+
+    data: TypedDepthUpdate
+
+
+DEPTH_HINT = '"depthUpdate"'  # frames holding this take the typed decoder first
 
 
 def parse_exchange_info(body: str | bytes) -> list[Instrument]:
@@ -193,6 +219,7 @@ class BinanceSpotConnector(RestSeededConnector):
     streams_per_connection = 200  # Binance allows 1024 a connection; 200 keeps the stream URLs short
     ping_interval_s = None  # the server pings every 20 s; answering (websockets does) is enough
     parse_depth = staticmethod(parse_depth_update)  # USD-M futures swaps in its pu-aware parse
+    decode_depth_stream = staticmethod(decoder(TypedDepthStream).decode)  # and its pu-aware typed decoder
 
     def __init__(
         self,
@@ -232,6 +259,7 @@ class BinanceSpotConnector(RestSeededConnector):
         # Half the IP's weight budget for snapshots, the rest for everything else.
         self.snapshot_requests_per_minute = max(1, REQUEST_WEIGHT_PER_MINUTE // 2 // depth_weight(snapshot_limit))
         self.book_ticker_cross_check = book_ticker_cross_check
+        self.previous_id_field: str | None = None  # the depthUpdate field parse_depth reads the previous id from
 
     @property
     def instruments_url(self) -> str:
@@ -263,6 +291,27 @@ class BinanceSpotConnector(RestSeededConnector):
             self.flush(receive_ts)
         connection_counters = self.connection_counters[connection]
         connection_counters.frames += 1
+        if data.__class__ is str and DEPTH_HINT in data:
+            try:
+                update = self.decode_depth_stream(data).data
+            except DecodeError:
+                pass  # the generic path below reads it, or says what is wrong with it
+            else:
+                feed = self.feeds.get(update.s)
+                first_id = update.U
+                last_id = update.u
+                previous_id = update.pu
+                event_ms = update.E
+                if (
+                    feed is not None
+                    and first_id.__class__ is int
+                    and last_id.__class__ is int
+                    and previous_id.__class__ is int
+                    and event_ms.__class__ is int
+                    and 0 < first_id <= last_id
+                ):
+                    self.on_parsed_delta(feed, first_id, last_id, previous_id, update.b, update.a, event_ms * 1_000_000, receive_ts)
+                    return _CONTINUE
         try:
             event = orjson.loads(data)
             wrapped = event.get("data")  # combined stream: {"stream":..,"data":{..}}
@@ -271,16 +320,42 @@ class BinanceSpotConnector(RestSeededConnector):
             kind = event.get("e")
         except (orjson.JSONDecodeError, AttributeError, TypeError):
             connection_counters.malformed_frames += 1
+            self.frame_rejected = True
             return _CONTINUE
         if kind == "depthUpdate":
             feed = self.feeds.get(event.get("s"))
             if feed is None:
                 connection_counters.unknown_symbol_frames += 1
+                self.frame_rejected = True
+                return _CONTINUE
+            # parse_depth's checks written out (a call and a tuple less a frame); a frame that
+            # fails any of them takes parse_depth, which stays the authority on what is valid.
+            try:
+                first_id = event["U"]
+                last_id = event["u"]
+                event_ms = event["E"]
+                bids = event["b"]
+                asks = event["a"]
+                previous_field = self.previous_id_field
+                previous_id = 0 if previous_field is None else event[previous_field]
+            except KeyError:
+                previous_id = None  # fails the first check below, before any unset field is read
+            if (
+                previous_id.__class__ is int
+                and first_id.__class__ is int
+                and last_id.__class__ is int
+                and event_ms.__class__ is int
+                and bids.__class__ is list
+                and asks.__class__ is list
+                and 0 < first_id <= last_id
+            ):
+                self.on_delta(feed, first_id, last_id, previous_id, bids, asks, event_ms * 1_000_000, receive_ts)
                 return _CONTINUE
             try:
                 _symbol, first_id, last_id, previous_id, bids, asks, exchange_ts = self.parse_depth(event)
             except (KeyError, TypeError, ValueError):
                 feed.counters.parse_errors += 1
+                self.frame_rejected = True
                 return _CONTINUE
             self.on_delta(feed, first_id, last_id, previous_id, bids, asks, exchange_ts, receive_ts)
             return _CONTINUE
@@ -306,11 +381,13 @@ class BinanceSpotConnector(RestSeededConnector):
         feed = self.feeds.get(event.get("s"))
         if feed is None:
             self.connection_counters[connection].unknown_symbol_frames += 1
+            self.frame_rejected = True
             return
         try:
             _symbol, price, quantity, aggressor, trade_id, trade_ts = parse_agg_trade(event)
         except (KeyError, TypeError, ValueError):
             feed.counters.parse_errors += 1
+            self.frame_rejected = True
             return
         feed.counters.trades += 1
         if not feed.records.trade(price, quantity, aggressor, trade_id, trade_ts, receive_ts):
@@ -320,11 +397,13 @@ class BinanceSpotConnector(RestSeededConnector):
         feed = self.feeds.get(event.get("s"))
         if feed is None:
             self.connection_counters[connection].unknown_symbol_frames += 1
+            self.frame_rejected = True
             return
         try:
             _symbol, update_id, best_bid, best_ask = parse_book_ticker(event)
         except (KeyError, TypeError, ValueError):
             feed.counters.parse_errors += 1
+            self.frame_rejected = True
             return
         self.expect_top(feed, update_id, best_bid, best_ask, receive_ts)
 
@@ -438,6 +517,23 @@ class BinanceSpotSimulatedVenue(SimulatedVenue):
         price = self.prices[native].text
         size = self.sizes[native].text
         return [[price(tick), size(lots)] for tick, lots in levels]
+
+    # ---- faults ----------------------------------------------------------------------
+
+    def subscription_refusal(self, text: str) -> list[str] | None:
+        """Binance's answer to a SUBSCRIBE it will not take (``/ws`` subscriptions; combined
+        streams name theirs in the URL, refused with the upgrade)."""
+        try:
+            request = orjson.loads(text)
+            if request.get("method") != "SUBSCRIBE":
+                return None
+        except (orjson.JSONDecodeError, AttributeError):
+            return None
+        return [orjson.dumps({"code": 2, "msg": "Invalid request: too many subscriptions", "id": request.get("id")}).decode()]
+
+    def maintenance_frames(self, starting: bool) -> list[str]:
+        """``serverShutdown``: Binance is about to close the connection (maintenance, a redeploy)."""
+        return [orjson.dumps({"e": "serverShutdown", "E": time.time_ns() // 1_000_000}).decode()] if starting else []
 
     # ---- WebSocket -------------------------------------------------------------------
 

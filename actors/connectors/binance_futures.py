@@ -31,6 +31,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import msgspec
 import orjson
 
 from actors.connectors.base import (
@@ -48,10 +49,12 @@ from actors.connectors.binance import (
     BinanceSimSession,
     BinanceSpotConnector,
     DepthUpdate,
+    TypedDepthUpdate,
     combined_stream_url,
     parse_depth_snapshot,
     parse_depth_update,
 )
+from actors.connectors.wire import Integer, decoder
 from shm.records import Reason, Side
 from sim.market import FixedPoint, Market, MarketStep
 from sim.venue import HttpReply, SimulatedVenue, VenueSession
@@ -113,6 +116,16 @@ def parse_futures_depth_update(event: dict[str, Any]) -> DepthUpdate:
     return symbol, first_id, last_id, previous_id, bids, asks, exchange_ts
 
 
+class TypedFuturesDepthUpdate(TypedDepthUpdate):
+    """Spot's typed depthUpdate with ``pu``, the previous event's ``u``, required."""
+
+    pu: Integer
+
+
+class TypedFuturesDepthStream(msgspec.Struct):
+    data: TypedFuturesDepthUpdate
+
+
 def route_of(stream: str) -> str:
     """The 2026 route a stream is served on."""
     _symbol, _, channel = stream.partition("@")
@@ -161,6 +174,7 @@ class BinanceFuturesConnector(BinanceSpotConnector):
     name = NAME
     sync_rule = BINANCE_FUTURES_SYNC
     parse_depth = staticmethod(parse_futures_depth_update)
+    decode_depth_stream = staticmethod(decoder(TypedFuturesDepthStream).decode)
     streams_per_connection = 200  # docs say 1024 or 200 depending on the page: design for 200
     ping_interval_s = None  # the server pings every 3 min; answering (websockets does) is enough
 
@@ -197,6 +211,7 @@ class BinanceFuturesConnector(BinanceSpotConnector):
         # Half the IP's weight budget for snapshots, the rest for everything else.
         self.snapshot_requests_per_minute = max(1, REQUEST_WEIGHT_PER_MINUTE // 2 // depth_weight(snapshot_limit))
         self.book_connection_count = 0
+        self.previous_id_field = "pu"
 
     @property
     def instruments_url(self) -> str:

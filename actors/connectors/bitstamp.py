@@ -28,9 +28,10 @@ events whose ``microtimestamp`` strictly increases per pair.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Literal
 
+import msgspec
 import orjson
 
 from actors.connectors.base import (
@@ -42,11 +43,13 @@ from actors.connectors.base import (
     OutgoingMessage,
     RecordSink,
     RestSeededConnector,
+    SymbolFeed,
     SyncRule,
     SyncState,
     canonical_symbol,
     parse_levels,
 )
+from actors.connectors.wire import DecodeError, Integer, PriceLevels, decoder
 from shm.records import Reason, Side
 from sim.market import FixedPoint, Market, MarketStep
 from sim.venue import HttpReply, SimulatedVenue, VenueSession
@@ -97,6 +100,24 @@ def parse_pairs(body: str | bytes) -> list[Instrument]:
     return instruments
 
 
+class TypedDiff(msgspec.Struct):
+    """A diff's data as the typed decoder reads it (:mod:`actors.connectors.wire`)."""
+
+    microtimestamp: Integer  # a decimal string: int() of it, as in the generic path
+    bids: PriceLevels
+    asks: PriceLevels
+
+
+class TypedDiffMessage(msgspec.Struct):
+    event: Literal["data"]
+    channel: str
+    data: TypedDiff
+
+
+decode_diff = decoder(TypedDiffMessage).decode
+DIFF_HINT = f'"{DIFF_CHANNEL}'  # frames holding this take the typed decoder first
+
+
 def parse_order_book(body: str | bytes) -> tuple[int, list[Level], list[Level]]:
     """(microtimestamp, bids, asks) of a ``GET /api/v2/order_book/{pair}/`` body."""
     book = orjson.loads(body)
@@ -105,16 +126,6 @@ def parse_order_book(body: str | bytes) -> tuple[int, list[Level], list[Level]]:
         parse_levels(book["bids"]),
         parse_levels(book["asks"]),
     )
-
-
-def parse_diff(data: dict[str, Any]) -> tuple[int, list[list[str]], list[list[str]]]:
-    """(microtimestamp, bids, asks) of a diff; the levels are checked where applied."""
-    microtimestamp = int(data["microtimestamp"])
-    bids = data["bids"]
-    asks = data["asks"]
-    if microtimestamp <= 0 or bids.__class__ is not list or asks.__class__ is not list:
-        raise ValueError("bad diff")
-    return microtimestamp, bids, asks
 
 
 def parse_trade(data: dict[str, Any]) -> tuple[float, float, Side, int, int]:
@@ -177,6 +188,7 @@ class BitstampConnector(RestSeededConnector):
         self.ws_url = ws_url
         self.keepalive_interval_s = keepalive_interval_s
         self.keepalive = KeepAlive(lambda connection: HEARTBEAT)
+        self._feeds_by_diff_channel: dict[str, SymbolFeed] = {}
 
     @classmethod
     def from_settings(
@@ -201,6 +213,12 @@ class BitstampConnector(RestSeededConnector):
 
     def parse_instruments(self, body: str | bytes) -> list[Instrument]:
         return parse_pairs(body)
+
+    def use_instruments(self, instruments: Iterable[Instrument]) -> list[Instrument]:
+        chosen = super().use_instruments(instruments)
+        # A diff's channel names its book: one lookup a frame instead of a prefix test and a slice.
+        self._feeds_by_diff_channel = {f"{DIFF_CHANNEL}{native}": feed for native, feed in self.feeds.items()}
+        return chosen
 
     def streams_for(self, instrument: Instrument) -> list[str]:
         return [
@@ -241,6 +259,20 @@ class BitstampConnector(RestSeededConnector):
             self.flush(receive_ts)
         connection_counters = self.connection_counters[connection]
         connection_counters.frames += 1
+        if data.__class__ is str and DIFF_HINT in data:
+            try:
+                message = decode_diff(data)
+                diff = message.data
+                microtimestamp = int(diff.microtimestamp)
+            except (DecodeError, ValueError):
+                pass  # the generic path below reads it, or says what is wrong with it
+            else:
+                feed = self._feeds_by_diff_channel.get(message.channel)
+                if feed is not None and microtimestamp > 0:
+                    self.on_parsed_delta(
+                        feed, microtimestamp, microtimestamp, 0, diff.bids, diff.asks, microtimestamp * 1000, receive_ts
+                    )
+                    return _CONTINUE
         try:
             message = orjson.loads(data)
             event = message.get("event")
@@ -248,34 +280,33 @@ class BitstampConnector(RestSeededConnector):
             payload = message.get("data")
         except (orjson.JSONDecodeError, AttributeError):
             connection_counters.malformed_frames += 1
+            self.frame_rejected = True
             return _CONTINUE
         if not isinstance(channel, str):
             connection_counters.malformed_frames += 1
+            self.frame_rejected = True
             return _CONTINUE
         if event == "data":
-            feed = (
-                self.feeds.get(channel[len(DIFF_CHANNEL) :])
-                if channel.startswith(DIFF_CHANNEL)
-                else None
-            )
+            feed = self._feeds_by_diff_channel.get(channel)
             if feed is None:
                 connection_counters.unknown_symbol_frames += 1
+                self.frame_rejected = True
                 return _CONTINUE
+            # A diff's fields read here rather than by a parse function: a call and a tuple
+            # less on every frame. ``microtimestamp`` (µs) is the diff's only id.
             try:
-                microtimestamp, bids, asks = parse_diff(payload)
+                microtimestamp = int(payload["microtimestamp"])
+                bids = payload["bids"]
+                asks = payload["asks"]
             except (KeyError, TypeError, ValueError, AttributeError):
                 feed.counters.parse_errors += 1
+                self.frame_rejected = True
                 return _CONTINUE
-            self.on_delta(
-                feed,
-                microtimestamp,
-                microtimestamp,
-                0,
-                bids,
-                asks,
-                microtimestamp * 1000,
-                receive_ts,
-            )
+            if microtimestamp <= 0 or bids.__class__ is not list or asks.__class__ is not list:
+                feed.counters.parse_errors += 1
+                self.frame_rejected = True
+                return _CONTINUE
+            self.on_delta(feed, microtimestamp, microtimestamp, 0, bids, asks, microtimestamp * 1000, receive_ts)
             return _CONTINUE
         if event == "trade":
             self._on_trade(channel, payload, receive_ts, connection)
@@ -313,11 +344,13 @@ class BitstampConnector(RestSeededConnector):
         )
         if feed is None:
             self.connection_counters[connection].unknown_symbol_frames += 1
+            self.frame_rejected = True
             return
         try:
             price, amount, aggressor, trade_id, trade_ts = parse_trade(payload)  # type: ignore[arg-type]
         except (KeyError, TypeError, ValueError):
             feed.counters.parse_errors += 1
+            self.frame_rejected = True
             return
         feed.counters.trades += 1
         if not feed.records.trade(

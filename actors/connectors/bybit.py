@@ -360,10 +360,12 @@ class BybitConnector(StreamSeededConnector):
             topic = message.get("topic")
         except (orjson.JSONDecodeError, AttributeError):
             counters.malformed_frames += 1
+            self.frame_rejected = True
             return _CONTINUE
         if topic is not None:
             if topic.__class__ is not str:
                 counters.malformed_frames += 1
+                self.frame_rejected = True
             elif topic.startswith("orderbook."):
                 self._on_book(connection, message, topic, receive_ts)
             elif topic.startswith("publicTrade."):
@@ -391,6 +393,7 @@ class BybitConnector(StreamSeededConnector):
         feed = self._routes[connection].get(symbol)
         if feed is None:
             self.connection_counters[connection].unknown_symbol_frames += 1
+            self.frame_rejected = True
             return
         if depth_text != self._depth_text:
             self.connection_counters[connection].ignored_frames += 1  # another depth: not ours
@@ -399,6 +402,7 @@ class BybitConnector(StreamSeededConnector):
             replaces, bids, asks, update_id, exchange_ts = parse_book(message)
         except (KeyError, TypeError, ValueError):
             feed.counters.parse_errors += 1  # its levels are lost: the book cannot be trusted
+            self.frame_rejected = True
             self.resync(feed, Reason.MALFORMED, receive_ts)
             return
         if replaces:
@@ -409,17 +413,20 @@ class BybitConnector(StreamSeededConnector):
     def _on_trades(self, connection: int, entries: Any, receive_ts: int) -> None:
         if entries.__class__ is not list:
             self.connection_counters[connection].malformed_frames += 1
+            self.frame_rejected = True
             return
         routes = self._routes[connection]
         for entry in entries:
             feed = routes.get(entry.get("s")) if entry.__class__ is dict else None
             if feed is None:
                 self.connection_counters[connection].unknown_symbol_frames += 1
+                self.frame_rejected = True
                 continue
             try:
                 _symbol, price, size, aggressor, trade_id, trade_ts = parse_trade(entry)
             except (KeyError, TypeError, ValueError, AttributeError):
                 feed.counters.parse_errors += 1
+                self.frame_rejected = True
                 continue
             self.write_trade(feed, price, size, aggressor, trade_id, trade_ts, receive_ts)
 

@@ -28,23 +28,34 @@ Trade (``level2``, ``heartbeats``), whichever the client's subscribe message spe
 
 from __future__ import annotations
 
+from bisect import bisect_left, insort
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
+import msgspec
 import orjson
 
 from actors.connectors.base import (
+    ASK_SIDE,
+    BID_SIDE,
+    MAX_PRICE,
+    MAX_SIZE,
+    RECORD_SIZE,
+    SIDE_OFFSET,
     ConnectionAction,
     ExchangeSettings,
     Instrument,
     RecordSink,
     SyncState,
     canonical_symbol,
+    pack_record_head,
     parse_levels,
     rfc3339_ns,
+    rfc3339_second,
 )
 from actors.connectors.stream_seeded import StreamFeed, StreamSeededConnector
+from actors.connectors.wire import DecodeError, Price, Size, decoder
 from shm.records import Reason, Side
 from sim.market import FixedPoint, Market, MarketStep
 from sim.venue import HttpReply, SimulatedVenue, VenueSession, decimal_places, rfc3339_micros
@@ -66,6 +77,34 @@ SIZE_DECIMALS = 8
 LEVEL2_AUTH_ERROR = "level2, level3, and full channels now require authentication."
 
 _CONTINUE = ConnectionAction.CONTINUE
+
+
+class TypedL2Update(msgspec.Struct, gc=False):
+    """An Exchange/Pro l2update as the typed decoder reads it (:mod:`actors.connectors.wire`)."""
+
+    type: Literal["l2update"]
+    product_id: str
+    changes: list[tuple[Literal["buy", "sell"], Price, Size]]
+    time: str = ""
+
+
+decode_l2update = decoder(TypedL2Update).decode
+L2UPDATE_HINT = '{"type":"l2update"'  # frames starting so take the typed decoder first
+
+
+def _parse_change(change: Sequence[object]) -> tuple[str, float, float]:
+    """The generic path's reading of one ``[side, price, size]`` change; ValueError/TypeError/
+    IndexError on a bad one."""
+    side = change[0]
+    price_text = change[1]
+    size_text = change[2]
+    price = float(price_text)
+    size = float(size_text)
+    if not (0.0 < price <= MAX_PRICE and 0.0 <= size <= MAX_SIZE):
+        raise ValueError(f"invalid level {price_text!r} {size_text!r}")
+    if side != "buy" and side != "sell":
+        raise ValueError(f"unknown side {side!r}")
+    return side, price, size
 _LIVE = SyncState.LIVE
 _MAKER_SIDE_TO_AGGRESSOR = {"buy": Side.ASK, "sell": Side.BID}  # a match's "side" is the maker's
 _AT_SIDES = {"bid": 0, "offer": 1}  # Advanced Trade says "offer", never "ask"
@@ -98,20 +137,6 @@ def parse_products(body: str | bytes) -> list[Instrument]:
             )
         )
     return instruments
-
-
-def split_changes(changes: list[list[str]]) -> tuple[list[list[str]], list[list[str]]]:
-    """l2update ``[[side, price, size], ..]`` → (bids, asks) as ``[price, size]``; raises on an unknown side."""
-    bids, asks = [], []
-    for change in changes:
-        side = change[0]
-        if side == "buy":
-            bids.append(change[1:])
-        elif side == "sell":
-            asks.append(change[1:])
-        else:
-            raise ValueError(f"unknown side {side!r}")
-    return bids, asks
 
 
 def split_updates(updates: list[dict[str, str]]) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
@@ -186,6 +211,8 @@ class CoinbaseConnector(StreamSeededConnector):
         self.trades = trades
         self._stale_ticker_pending: set[str] = set()  # products whose subscribe-time ticker is still due
         self._next_sequence: list[int | None] = []  # Advanced Trade: per connection
+        self._time_second = "\0"  # the latest l2update's whole second, "2021-04-17T16:43:37." (rfc3339_second)
+        self._time_second_ns = 0
         if self.api == ADVANCED:
             self.on_message = self._on_advanced_message  # bound per instance: no dispatch per frame
 
@@ -262,18 +289,58 @@ class CoinbaseConnector(StreamSeededConnector):
         """Route one Exchange/Pro frame; bad frames are counted and dropped, never raised."""
         if self._resend_queue:
             self.flush(receive_ts)
-        counters = self.connection_counters[connection]
-        counters.frames += 1
+        connection_counters = self.connection_counters[connection]
+        connection_counters.frames += 1
+        if data.__class__ is str and data.startswith(L2UPDATE_HINT):
+            try:
+                update = decode_l2update(data)
+                time_text = update.time
+                if time_text.startswith(self._time_second) and len(time_text) == 27 and time_text[26] == "Z":
+                    exchange_ts = self._time_second_ns + int(time_text[20:26]) * 1000  # rfc3339_ns's fast path
+                else:
+                    exchange_ts = self._exchange_ns(time_text)
+            except (DecodeError, ValueError, IndexError):
+                pass  # the generic path below reads it, or says what is wrong with it
+            else:
+                feed = self.feeds.get(update.product_id)
+                if feed is not None:
+                    self.apply_l2update(feed, update.changes, exchange_ts, receive_ts)
+                    return _CONTINUE
         try:
             message = orjson.loads(data)
             kind = message.get("type")
         except (orjson.JSONDecodeError, AttributeError):
-            counters.malformed_frames += 1
+            connection_counters.malformed_frames += 1
+            self.frame_rejected = True
             return _CONTINUE
-        if kind == "l2update" or kind == "snapshot":
+        if kind == "l2update":
+            product = message.get("product_id")
+            feed = self.feeds.get(product) if product.__class__ is str else None
+            if feed is None:
+                self._feed(connection, message)  # counts it
+                return _CONTINUE
+            try:
+                time_text = message.get("time")
+                exchange_ts = rfc3339_ns(time_text) if time_text else 0
+                changes = message["changes"]
+                if changes.__class__ is not list:
+                    raise TypeError("changes must be a list")
+            except (KeyError, TypeError, ValueError, IndexError, AttributeError):
+                # No sequence numbers: an update we cannot read leaves the book unknown.
+                feed.counters.parse_errors += 1
+                self.frame_rejected = True
+                self.resync(feed, Reason.MALFORMED, receive_ts)
+                return _CONTINUE
+            try:
+                levels = [_parse_change(change) for change in changes]
+            except (ValueError, TypeError, IndexError):
+                levels = None  # counted and resynced by apply_l2update once the book is live
+            self.apply_l2update(feed, levels, exchange_ts, receive_ts)
+            return _CONTINUE
+        if kind == "snapshot":
             feed = self._feed(connection, message)
             if feed is not None:
-                self._on_book(feed, message, kind == "snapshot", receive_ts)
+                self._on_snapshot(feed, message, receive_ts)
         elif kind == "match":
             feed = self._feed(connection, message)
             if feed is not None:
@@ -283,12 +350,84 @@ class CoinbaseConnector(StreamSeededConnector):
             if feed is not None:
                 self._on_ticker(feed, message, receive_ts)
         elif kind == "subscriptions":
-            counters.subscribe_acks += 1
+            connection_counters.subscribe_acks += 1
         elif kind == "error":
             self.on_subscribe_error(connection, None, f"{message.get('message')}: {message.get('reason', '')}")
         else:
-            counters.ignored_frames += 1  # heartbeat, last_match (the trade before we subscribed), ticker
+            connection_counters.ignored_frames += 1  # heartbeat, last_match (the trade before we subscribed), ticker
         return _CONTINUE
+
+    def _exchange_ns(self, time_text: str) -> int:
+        """``rfc3339_ns`` of an l2update's time (0 if it has none), its whole second kept for
+        :meth:`on_message` to parse the next ones of the same second inline."""
+        exchange_ts = rfc3339_ns(time_text) if time_text else 0
+        second = rfc3339_second(time_text)
+        if second is not None:
+            self._time_second, self._time_second_ns = second
+        return exchange_ts
+
+    def apply_l2update(
+        self, feed: StreamFeed, changes: list[tuple[str, float, float]] | None, exchange_ts: int, receive_ts: int
+    ) -> None:
+        """One l2update's validated ``(side, price, size)`` changes (None: a change did not
+        parse) parsed, applied and packed in one pass; otherwise as on_book_update."""
+        counters = feed.counters
+        counters.frames += 1
+        counters.last_exchange_ts = exchange_ts
+        counters.receive_lag_ns = receive_ts - exchange_ts
+        if feed.state is not _LIVE:
+            counters.frames_dropped += 1  # the old subscription's tail, or a book being resynced
+            return
+        if changes is None:
+            # No sequence numbers: an update we cannot read leaves the book unknown.
+            counters.parse_errors += 1
+            self.frame_rejected = True
+            counters.frames_dropped += 1
+            self.resync(feed, Reason.MALFORMED, receive_ts)
+            return
+        book = feed.book
+        records = feed.records
+        count = len(changes)
+        scratch = records.scratch if count <= records.capacity else records.reserve(count)
+        offset = 0
+        for side, price, size in changes:
+            if side == "buy":
+                levels = book.bids
+                prices = book.bid_prices
+                side_code = BID_SIDE
+            else:
+                levels = book.asks
+                prices = book.ask_prices
+                side_code = ASK_SIDE
+            if size:
+                if price not in levels:
+                    insort(prices, price)
+                levels[price] = size
+            elif levels.pop(price, None) is not None:
+                del prices[bisect_left(prices, price)]
+            pack_record_head(scratch, offset, exchange_ts, receive_ts, price, size, 0)
+            scratch[offset + SIDE_OFFSET] = side_code
+            offset += RECORD_SIZE
+        bid_prices = book.bid_prices
+        ask_prices = book.ask_prices
+        depth = feed.depth
+        if len(bid_prices) > depth or len(ask_prices) > depth:
+            count = self._truncate(feed, count, 0, exchange_ts, receive_ts)
+        if bid_prices and ask_prices and bid_prices[-1] >= ask_prices[0]:
+            counters.crossed += 1
+            counters.frames_dropped += 1
+            self.resync(feed, Reason.CROSSED, receive_ts)
+            return
+        counters.frames_applied += 1
+        counters.levels_applied += len(changes)
+        if not feed.confirmed:
+            feed.confirmed = True
+            feed.failures_in_row = 0
+        if not feed.resend_pending:
+            write_records = records.sink_write_records  # load, then call: ~25 ns less
+            if not write_records(records.scratch, count):
+                records.output.lost(records.batches[count])
+                self._after_write()
 
     def _feed(self, connection: int, message: dict[str, Any]) -> StreamFeed | None:
         product = message.get("product_id")
@@ -297,35 +436,32 @@ class CoinbaseConnector(StreamSeededConnector):
             counters = self.connection_counters[connection]
             if product is None:
                 counters.malformed_frames += 1
+                self.frame_rejected = True
             else:
                 counters.unknown_symbol_frames += 1
+                self.frame_rejected = True
         return feed
 
-    def _on_book(self, feed: StreamFeed, message: dict[str, Any], is_snapshot: bool, receive_ts: int) -> None:
+    def _on_snapshot(self, feed: StreamFeed, message: dict[str, Any], receive_ts: int) -> None:
         try:
             time_text = message.get("time")
             exchange_ts = rfc3339_ns(time_text) if time_text else 0  # Pro snapshots carry no time
-            if is_snapshot:
-                bids, asks = message["bids"], message["asks"]
-            else:
-                bids, asks = split_changes(message["changes"])
+            bids, asks = message["bids"], message["asks"]
             if bids.__class__ is not list or asks.__class__ is not list:
                 raise TypeError("levels must be lists")
         except (KeyError, TypeError, ValueError, IndexError, AttributeError):
-            # No sequence numbers: an update we cannot read leaves the book unknown.
             feed.counters.parse_errors += 1
+            self.frame_rejected = True
             self.resync(feed, Reason.MALFORMED, receive_ts)
             return
-        if is_snapshot:
-            self.on_book_snapshot(feed, bids, asks, 0, None, exchange_ts, receive_ts)
-        else:
-            self.on_book_update(feed, bids, asks, 0, 0, None, exchange_ts, receive_ts)
+        self.on_book_snapshot(feed, bids, asks, 0, None, exchange_ts, receive_ts)
 
     def _on_match(self, feed: StreamFeed, message: dict[str, Any], receive_ts: int) -> None:
         try:
             price, size, aggressor, trade_id, trade_ts = parse_match(message)
         except (KeyError, TypeError, ValueError):
             feed.counters.parse_errors += 1
+            self.frame_rejected = True
             return
         self.write_trade(feed, price, size, aggressor, trade_id, trade_ts, receive_ts)
 
@@ -342,6 +478,7 @@ class CoinbaseConnector(StreamSeededConnector):
             best_bid, best_ask = float(message["best_bid"]), float(message["best_ask"])
         except (KeyError, TypeError, ValueError):
             feed.counters.parse_errors += 1
+            self.frame_rejected = True
             return
         counters = feed.counters
         counters.cross_checks += 1
@@ -365,6 +502,7 @@ class CoinbaseConnector(StreamSeededConnector):
             sequence = message.get("sequence_num")
         except (orjson.JSONDecodeError, AttributeError):
             counters.malformed_frames += 1
+            self.frame_rejected = True
             return _CONTINUE
         if sequence.__class__ is int:
             expected = self._next_sequence[connection]
@@ -375,6 +513,7 @@ class CoinbaseConnector(StreamSeededConnector):
             events = message.get("events")
             if events.__class__ is not list:
                 counters.malformed_frames += 1
+                self.frame_rejected = True
                 return _CONTINUE
             for event in events:
                 self._on_advanced_event(connection, event, message.get("timestamp"), receive_ts)
@@ -398,6 +537,7 @@ class CoinbaseConnector(StreamSeededConnector):
         if feed is None:
             if event.__class__ is not dict:
                 self.connection_counters[connection].malformed_frames += 1
+                self.frame_rejected = True
             return
         try:
             kind = event["type"]
@@ -407,6 +547,7 @@ class CoinbaseConnector(StreamSeededConnector):
             exchange_ts = rfc3339_ns(timestamp) if timestamp else 0
         except (KeyError, TypeError, ValueError, AttributeError):
             feed.counters.parse_errors += 1
+            self.frame_rejected = True
             self.resync(feed, Reason.MALFORMED, receive_ts)
             return
         if kind == "snapshot":

@@ -37,10 +37,11 @@ from __future__ import annotations
 import gzip
 import zlib
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
+import msgspec
 import orjson
 
 from actors.connectors.base import (
@@ -53,6 +54,7 @@ from actors.connectors.base import (
     parse_levels,
 )
 from actors.connectors.stream_seeded import RawLevels, StreamFeed, StreamSeededConnector
+from actors.connectors.wire import DecodeError, Integer, PriceLevels, decoder
 from shm.records import Reason, Side
 from sim.market import FixedPoint, Market, MarketStep
 from sim.venue import HttpReply, SimulatedVenue, VenueSession
@@ -78,6 +80,27 @@ _LIVE = SyncState.LIVE
 _SUBSCRIBING = SyncState.SUBSCRIBING
 _EMPTY: list[list[float]] = []
 
+DEPTH_HINT = b".depth.step0\""  # a frame naming it in its opening bytes ("ch" first) is tried typed
+DEPTH_HINT_WITHIN = 64
+
+
+class TypedDepthTick(msgspec.Struct, gc=False):
+    """A depth.step0 push's ``tick`` as the typed decoder reads it (:mod:`actors.connectors.wire`):
+    a side may be absent or null, as the generic path allows; ``version`` keeps its JSON kind."""
+
+    version: Integer
+    bids: PriceLevels | None = None
+    asks: PriceLevels | None = None
+
+
+class TypedDepthPush(msgspec.Struct, gc=False):
+    ch: str
+    ts: Integer
+    tick: TypedDepthTick
+
+
+decode_depth_push = decoder(TypedDepthPush).decode
+
 Increment = tuple[RawLevels, RawLevels, int, int, int, int]
 """(bids, asks, seqNum, prevSeqNum, exchange ns, receive ns) of one MBP push."""
 
@@ -86,12 +109,15 @@ Increment = tuple[RawLevels, RawLevels, int, int, int, int]
 # Wire format → values
 
 
+def frame_text(data: str | bytes) -> str | bytes:
+    """One server frame's JSON text: binary frames are gzip (HTX compresses every one); a text
+    frame is taken as JSON already. Raises zlib.error on junk."""
+    return data if data.__class__ is str else zlib.decompress(data, GZIP_WBITS)
+
+
 def decode_frame(data: str | bytes) -> Any:
-    """One server frame as JSON: binary frames are gzip (HTX compresses every one); a text
-    frame is taken as JSON already. Raises ValueError (zlib.error, orjson errors) on junk."""
-    if data.__class__ is str:
-        return orjson.loads(data)
-    return orjson.loads(zlib.decompress(data, GZIP_WBITS))
+    """One server frame as JSON. Raises ValueError (zlib.error, orjson errors) on junk."""
+    return orjson.loads(frame_text(data))
 
 
 def parse_symbols(body: str | bytes) -> list[Instrument]:
@@ -211,12 +237,18 @@ class HtxConnector(StreamSeededConnector):
         self.trades = trades
         self._pending: dict[StreamFeed, deque[Increment]] = {}  # MBP increments awaiting a snapshot
         self._pongs: list[OutgoingMessage] = []
+        self._feeds_by_book_topic: dict[str, StreamFeed] = {}  # the typed path's routing: book topic → feed
         if channel == DEPTH:
             self.sequence_rule = None  # versions are checked per push in _on_depth
 
     @property
     def instruments_url(self) -> str:
         return f"{self.rest_base_url}{SYMBOLS_PATH}"
+
+    def use_instruments(self, instruments: Iterable[Instrument]) -> list[Instrument]:
+        chosen = super().use_instruments(instruments)
+        self._feeds_by_book_topic = {self.book_topic(feed): feed for feed in self.feeds.values()}
+        return chosen
 
     def parse_instruments(self, body: str | bytes) -> list[Instrument]:
         return parse_symbols(body)
@@ -266,16 +298,48 @@ class HtxConnector(StreamSeededConnector):
     # ---- frames ----------------------------------------------------------------------------
 
     def on_message(self, connection: int, data: str | bytes, receive_ts: int) -> ConnectionAction:
-        """Route one frame; bad frames are counted and dropped, never raised."""
+        """Route one frame; bad frames are counted and dropped, never raised.
+
+        A depth.step0 push of one of our books is decoded typed (:class:`TypedDepthPush`: its
+        levels validated floats) and loaded without a conversion per level; anything else, or
+        anything unexpected in one, takes the generic path, the authority on what a frame
+        means and how a bad one is handled."""
         if self._resend_queue:
             self.flush(receive_ts)
         counters = self.connection_counters[connection]
         counters.frames += 1
         try:
-            message = decode_frame(data)
-            channel = message.get("ch")
-        except (ValueError, zlib.error, AttributeError):
+            text = frame_text(data)
+        except zlib.error:
             counters.malformed_frames += 1
+            self.frame_rejected = True
+            return _CONTINUE
+        if text.__class__ is bytes and self.book_channel == DEPTH and text.find(DEPTH_HINT, 0, DEPTH_HINT_WITHIN) > 0:
+            try:
+                push = decode_depth_push(text)
+            except DecodeError:
+                pass  # the generic path below reads it, or says what is wrong with it
+            else:
+                feed = self._feeds_by_book_topic.get(push.ch)
+                tick = push.tick
+                exchange_ms = push.ts
+                version = tick.version
+                if feed is not None and exchange_ms.__class__ is int and version.__class__ is int:
+                    # _on_depth's steps, with the snapshot's levels already parsed
+                    if feed.state is _LIVE and version <= feed.last_sequence:
+                        feed.counters.gaps += 1
+                        self.resync(feed, Reason.SEQUENCE_GAP, receive_ts)
+                    else:
+                        self.on_parsed_book_snapshot(
+                            feed, tick.bids or _EMPTY, tick.asks or _EMPTY, version, exchange_ms * MS, receive_ts
+                        )
+                    return _CONTINUE
+        try:
+            message = orjson.loads(text)
+            channel = message.get("ch")
+        except (ValueError, AttributeError):
+            counters.malformed_frames += 1
+            self.frame_rejected = True
             return _CONTINUE
         if channel is not None:
             self._on_push(connection, message, channel, receive_ts)
@@ -284,6 +348,7 @@ class HtxConnector(StreamSeededConnector):
         if ping is not None:
             if ping.__class__ is not int:
                 counters.malformed_frames += 1
+                self.frame_rejected = True
                 return _CONTINUE
             self._pongs.append(OutgoingMessage(connection, pong_message(ping)))
             return _SEND
@@ -304,9 +369,11 @@ class HtxConnector(StreamSeededConnector):
             feed = self.feeds.get(topic_symbol(topic))
         except (ValueError, AttributeError):
             self.connection_counters[connection].malformed_frames += 1
+            self.frame_rejected = True
             return None
         if feed is None:
             self.connection_counters[connection].unknown_symbol_frames += 1
+            self.frame_rejected = True
         return feed
 
     def _on_push(self, connection: int, message: dict[str, Any], channel: Any, receive_ts: int) -> None:
@@ -319,6 +386,7 @@ class HtxConnector(StreamSeededConnector):
                 trades = parse_trades(tick)
             except (KeyError, TypeError, ValueError):
                 feed.counters.parse_errors += 1
+                self.frame_rejected = True
                 return
             for price, size, aggressor, trade_id, trade_ts in trades:
                 self.write_trade(feed, price, size, aggressor, trade_id, trade_ts, receive_ts)
@@ -340,6 +408,7 @@ class HtxConnector(StreamSeededConnector):
         except (KeyError, TypeError, ValueError, AttributeError):
             # Without its numbers the frame cannot be placed: the book is no longer known.
             feed.counters.parse_errors += 1
+            self.frame_rejected = True
             self.resync(feed, Reason.MALFORMED, receive_ts)
             return
         if self.book_channel == DEPTH:
@@ -354,7 +423,8 @@ class HtxConnector(StreamSeededConnector):
     def _on_depth(
         self, feed: StreamFeed, bids: RawLevels, asks: RawLevels, version: int, exchange_ts: int, receive_ts: int
     ) -> None:
-        """A depth.step0 push: a whole book, whose version must pass the last one."""
+        """A depth.step0 push: a whole book, whose version must pass the last one (on_message's
+        typed path takes the same steps: a change to one belongs in the other)."""
         if feed.state is _LIVE and version <= feed.last_sequence:
             feed.counters.gaps += 1
             self.resync(feed, Reason.SEQUENCE_GAP, receive_ts)
@@ -394,6 +464,7 @@ class HtxConnector(StreamSeededConnector):
             exchange_ts = int(message.get("ts", 0)) * MS
         except (KeyError, TypeError, ValueError, AttributeError):
             feed.counters.parse_errors += 1
+            self.frame_rejected = True
             self.resync(feed, Reason.MALFORMED, receive_ts)
             return
         self.on_book_snapshot(feed, bids, asks, sequence, None, exchange_ts, receive_ts)

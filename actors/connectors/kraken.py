@@ -260,6 +260,7 @@ class KrakenConnector(StreamSeededConnector):
             raise ValueError(f"api_version must be 1 or 2, got {self.api_version}")
         self.trades = trades
         self._request_id = 0
+        self._in_maintenance: set[int] = set()  # connections whose status said maintenance
         if self.api_version == 1:
             self.on_message = self._on_message_v1  # bound per instance: no dispatch per frame
 
@@ -320,6 +321,7 @@ class KrakenConnector(StreamSeededConnector):
             message = orjson.loads(data)
         except orjson.JSONDecodeError:
             counters.malformed_frames += 1
+            self.frame_rejected = True
             return _CONTINUE
         if message.__class__ is list:
             try:
@@ -327,9 +329,11 @@ class KrakenConnector(StreamSeededConnector):
                 feed = self.feeds.get(message[-1])
             except (IndexError, TypeError):
                 counters.malformed_frames += 1
+                self.frame_rejected = True
                 return _CONTINUE
             if feed is None:
                 counters.unknown_symbol_frames += 1
+                self.frame_rejected = True
                 return _CONTINUE
             if channel_name.__class__ is str and channel_name.startswith("book"):
                 try:
@@ -338,6 +342,7 @@ class KrakenConnector(StreamSeededConnector):
                     # Kraken has no sequence numbers: an update we cannot read may have changed
                     # levels the checksum does not cover, so the book is no longer known.
                     feed.counters.parse_errors += 1
+                    self.frame_rejected = True
                     self.resync(feed, Reason.MALFORMED, receive_ts)
                     return _CONTINUE
                 if is_snapshot:
@@ -360,6 +365,7 @@ class KrakenConnector(StreamSeededConnector):
             trades = parse_v1_trades(message[1])
         except (KeyError, TypeError, ValueError, IndexError):
             feed.counters.parse_errors += 1
+            self.frame_rejected = True
             return
         for price, size, aggressor, trade_ts in trades:
             self.write_trade(feed, price, size, aggressor, 0, trade_ts, receive_ts)  # v1 trades have no id
@@ -387,12 +393,14 @@ class KrakenConnector(StreamSeededConnector):
             channel = message.get("channel")
         except (ValueError, AttributeError, UnicodeDecodeError):
             counters.malformed_frames += 1
+            self.frame_rejected = True
             return _CONTINUE
         if channel == "book":
             kind = message.get("type")
             entries = message.get("data")
             if kind not in ("snapshot", "update") or entries.__class__ is not list:
                 counters.malformed_frames += 1
+                self.frame_rejected = True
                 return _CONTINUE
             for entry in entries:
                 self._on_v2_book(connection, entry, kind == "snapshot", receive_ts)
@@ -403,6 +411,8 @@ class KrakenConnector(StreamSeededConnector):
             else:
                 counters.ignored_frames += 1  # the trade snapshot: past trades
             return _CONTINUE
+        if channel == "status":
+            return self._on_v2_status(connection, message, receive_ts)
         method = message.get("method")
         if method == "subscribe" or method == "unsubscribe":
             if message.get("success") is True:
@@ -417,6 +427,26 @@ class KrakenConnector(StreamSeededConnector):
         counters.ignored_frames += 1  # heartbeat, status, pong
         return _CONTINUE
 
+    def _on_v2_status(self, connection: int, message: dict[str, Any], receive_ts: int) -> ConnectionAction:
+        """``system: maintenance``: Kraken stops maintaining its books, so they are cleared and
+        nothing is resubscribed; the next ``online`` reconnects, which subscribes everything
+        again (a status at connect says ``online`` too: that one changes nothing)."""
+        entries = message.get("data")
+        entry = entries[0] if entries.__class__ is list and entries else None
+        system = entry.get("system") if entry.__class__ is dict else None
+        if system == "maintenance":
+            self.connection_counters[connection].server_shutdowns += 1
+            self._in_maintenance.add(connection)
+            for feed in self.connections[connection]:
+                self.resync(feed, Reason.DISCONNECTED, receive_ts)
+                self._attention.pop(feed, None)  # nothing to resubscribe to until it is over
+            return _CONTINUE
+        if system == "online" and connection in self._in_maintenance:
+            self._in_maintenance.discard(connection)
+            return ConnectionAction.RECONNECT
+        self.connection_counters[connection].ignored_frames += 1
+        return _CONTINUE
+
     def _on_v2_book(self, connection: int, entry: Any, is_snapshot: bool, receive_ts: int) -> None:
         symbol = entry.get("symbol") if entry.__class__ is dict else None
         feed = self.feeds.get(symbol) if symbol.__class__ is str else None
@@ -424,13 +454,16 @@ class KrakenConnector(StreamSeededConnector):
             counters = self.connection_counters[connection]
             if symbol is None:
                 counters.malformed_frames += 1
+                self.frame_rejected = True
             else:
                 counters.unknown_symbol_frames += 1
+                self.frame_rejected = True
             return
         try:
             _symbol, bids, asks, checksum, exchange_ts = parse_v2_book_entry(entry)
         except (KeyError, TypeError, ValueError, AttributeError):
             feed.counters.parse_errors += 1  # unreadable: levels may be lost, as in v1
+            self.frame_rejected = True
             self.resync(feed, Reason.MALFORMED, receive_ts)
             return
         if is_snapshot:
@@ -441,17 +474,20 @@ class KrakenConnector(StreamSeededConnector):
     def _on_v2_trades(self, connection: int, entries: Any, receive_ts: int) -> None:
         if entries.__class__ is not list:
             self.connection_counters[connection].malformed_frames += 1
+            self.frame_rejected = True
             return
         for entry in entries:
             symbol = entry.get("symbol") if entry.__class__ is dict else None
             feed = self.feeds.get(symbol) if symbol.__class__ is str else None
             if feed is None:
                 self.connection_counters[connection].unknown_symbol_frames += 1
+                self.frame_rejected = True
                 continue
             try:
                 _symbol, price, size, aggressor, trade_id, trade_ts = parse_v2_trade(entry)
             except (KeyError, TypeError, ValueError, AttributeError):
                 feed.counters.parse_errors += 1
+                self.frame_rejected = True
                 continue
             self.write_trade(feed, price, size, aggressor, trade_id, trade_ts, receive_ts)
 
@@ -493,6 +529,27 @@ class KrakenSimulatedVenue(SimulatedVenue):
     def corrupt_checksums(self, symbol: str, count: int = 1) -> None:
         """The next ``count`` book updates of ``symbol`` carry a wrong checksum."""
         self._corrupt_checksums[symbol] = self._corrupt_checksums.get(symbol, 0) + count
+
+    def subscription_refusal(self, text: str) -> list[str] | None:
+        """Kraken's per-symbol error for a subscribe it refuses."""
+        try:
+            request = orjson.loads(text)
+            if request.get("method") != "subscribe":
+                return None
+            symbols = request.get("params", {}).get("symbol", [])
+        except (orjson.JSONDecodeError, AttributeError):
+            return None
+        return [
+            orjson.dumps({"error": "EService:Unavailable", "method": "subscribe", "req_id": request.get("req_id"),
+                          "success": False, "symbol": symbol}).decode()
+            for symbol in symbols
+        ]
+
+    def maintenance_frames(self, starting: bool) -> list[str]:
+        """The ``status`` channel's update: ``maintenance`` (books no longer maintained), then ``online``."""
+        system = "maintenance" if starting else "online"
+        return [orjson.dumps({"channel": "status", "type": "update", "data": [
+            {"api_version": "v2", "connection_id": 1, "system": system, "version": "2.0.9"}]}).decode()]
 
     # ---- REST ------------------------------------------------------------------------------
 
@@ -550,6 +607,7 @@ class KrakenSimulatedVenue(SimulatedVenue):
         """
         changed = {change.symbol: change.timestamp_ns for change in step.book_changes if change.symbol in self.specs}
         encoded: EncodedStep = {}
+        corrupted: set[str] = set()
         for (symbol, depth), (old_bids, old_asks) in list(self.windows.items()):
             book = self.market.book(self.venue, symbol)
             new_bids, new_asks = (dict(levels) for levels in book.top(depth))
@@ -563,13 +621,13 @@ class KrakenSimulatedVenue(SimulatedVenue):
             checksum = self._checksum(symbol, new_bids, new_asks)
             if self._corrupt_checksums.get(symbol):
                 checksum ^= 1
+                corrupted.add(symbol)
             frame = self._book_frame(
                 "update", symbol, sorted(bid_changes, reverse=True), sorted(ask_changes), checksum, changed[symbol]
             )
             encoded[("book", symbol, depth)] = [frame]
-        for symbol in changed:
-            if self._corrupt_checksums.get(symbol):
-                self._corrupt_checksums[symbol] -= 1
+        for symbol in corrupted:  # used up only by an update sent with it
+            self._corrupt_checksums[symbol] -= 1
         for trade in step.trades:
             if trade.symbol not in self.specs:
                 continue
