@@ -1,11 +1,12 @@
-"""The aggregator: drains every connector ring, keeps each exchange's book, publishes the
-consolidated book per symbol into shared memory and a summary on the bus.
+"""The aggregator: drains every connector ring, keeps each exchange's book per market,
+consolidates them per instrument (:mod:`engine.cob`) into shared memory, and publishes a
+summary of each book on the bus.
 
 Trust rules (what keeps a bad exchange book out of the consolidated one):
 
-- A book enters the consolidation only through ``SNAPSHOT_END`` (it is then IN_SYNC);
-  snapshot levels are built aside and swapped in whole, so no reader ever sees half a
-  snapshot.
+- A market book enters its instruments only through ``SNAPSHOT_END`` (it is then
+  IN_SYNC); snapshot levels are built aside and swapped in whole, so no reader ever sees
+  half a snapshot.
 - ``CLEAR`` and every ``STATUS`` record (connecting, resyncing, disconnected, …) drop the
   affected books and exclude them until their next snapshot.
 - Records a producer had to drop (ring overflow) → every book of that exchange is dropped
@@ -13,15 +14,24 @@ Trust rules (what keeps a bad exchange book out of the consolidated one):
 - A producer process that died → its books are dropped and marked DISCONNECTED; the
   restarted connector starts with fresh snapshots.
 - No record (not even a heartbeat) for ``aggregator.stale_after_s`` → the exchange is
-  STALE and excluded until records flow again.
+  STALE and excluded until records flow again; its books come back whole, as kept.
+- A book crossed within one exchange is an error of that exchange: it is excluded (ERROR,
+  CROSSED) and the connector is asked to re-send its snapshots. Books crossed *across*
+  exchanges are shown as they are: that is an arbitrage, not an error.
+- A market converted at a live rate is in only while its rate book is in sync.
 
-Publishing is batched: records are applied as they are drained and each changed symbol
-is republished at most every ``aggregator.publish_interval_ms``.
+Publishing is batched: records are applied as they are drained, and each changed
+instrument is republished at most every ``aggregator.publish_interval_ms`` (the first
+change after a quiet spell is published at once). Metrics are computed for every
+published book; buckets at most every ``buckets.refresh_ms`` (each slot says which book
+generation its buckets were computed on; clients compute them on demand for any book).
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
+from dataclasses import dataclass, field
 
 import numpy as np
 import psutil
@@ -30,22 +40,38 @@ import zmq.asyncio
 
 from engine.actor import Actor
 from engine.bus import Publisher
-from shm.book import BookWriter
+from engine.cob import ConsolidatedBook, Conversion, MemberSpec
+from engine.instruments import InstrumentPlan, Member, instrument_plans
+from engine.microstructure import AnalyticsSettings, SideArrays, fill_buckets, fill_metrics, kernel
+from shm import wake
+from shm.book import FIRST_EXCHANGE, ORDERS, PRICE, SIZE, BookWriter
 from shm.records import ALL_SYMBOLS, Kind, Reason, Side, Status
 from shm.ring import Ring
 
 _LIVENESS_CHECK_S = 0.2
+DRAIN_QUANTUM = 16384  # records taken from one ring per pass: a flooding exchange cannot starve the others
+BUSY_YIELD_S = 0.02  # the event loop (heartbeat, signals) runs this often, busy or idle
+TOP_SEARCH_ROWS = 64
+EXCHANGE_FIELDS = (
+    "exchange_included", "exchange_status", "exchange_reason", "exchange_status_since", "exchange_bid_levels",
+    "exchange_ask_levels", "exchange_sequence", "exchange_ts", "exchange_receive_ts",
+)
 
 
 class ExchangeBook:
-    """The aggregator's copy of one exchange's book for one symbol."""
+    """The aggregator's copy of one exchange's book of one market."""
 
-    __slots__ = ("bids", "asks", "staging", "status", "reason", "since_ns", "sequence", "exchange_ts", "receive_ts")
+    __slots__ = (
+        "bids", "asks", "bid_orders", "ask_orders", "staging", "status", "reason", "since_ns",
+        "sequence", "exchange_ts", "receive_ts",
+    )
 
     def __init__(self) -> None:
         self.bids: dict[float, float] = {}
         self.asks: dict[float, float] = {}
-        self.staging: tuple[dict[float, float], dict[float, float]] | None = None
+        self.bid_orders: dict[float, int] = {}  # only levels whose exchange gives a count
+        self.ask_orders: dict[float, int] = {}
+        self.staging: tuple[dict, dict, dict, dict] | None = None
         self.status = Status.UNKNOWN
         self.reason = Reason.NONE
         self.since_ns = 0
@@ -56,36 +82,86 @@ class ExchangeBook:
     def drop(self, status: Status, reason: Reason, now_ns: int) -> bool:
         """Forget the book; True if its visible state changed."""
         changed = self.status != status or bool(self.bids) or bool(self.asks)
-        self.bids, self.asks, self.staging = {}, {}, None
+        self.bids, self.asks, self.bid_orders, self.ask_orders, self.staging = {}, {}, {}, {}, None
         if self.status != status:
             self.status, self.reason, self.since_ns = status, reason, now_ns
         return changed
 
+    def mid(self) -> float | None:
+        if not (self.bids and self.asks):
+            return None
+        return (max(self.bids) + min(self.asks)) / 2
 
-def consolidate(
-    sides: list[tuple[int, dict[float, float]]], depth: int, exchanges: int, descending: bool
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Merge per-exchange levels at exact prices: top ``depth`` prices, totals, breakdown."""
-    counts = [len(levels) for _, levels in sides]
-    total = sum(counts)
-    if total == 0:
-        return np.empty(0), np.empty(0), np.empty((0, exchanges))
-    prices = np.empty(total)
-    sizes = np.empty(total)
-    owners = np.empty(total, dtype=np.intp)
-    offset = 0
-    for (exchange, levels), count in zip(sides, counts):
-        prices[offset : offset + count] = np.fromiter(levels.keys(), float, count)
-        sizes[offset : offset + count] = np.fromiter(levels.values(), float, count)
-        owners[offset : offset + count] = exchange
-        offset += count
-    unique, inverse = np.unique(prices, return_inverse=True)
-    breakdown = np.zeros((len(unique), exchanges))
-    breakdown[inverse, owners] = sizes
-    if descending:
-        unique, breakdown = unique[::-1], breakdown[::-1]
-    unique, breakdown = unique[:depth], breakdown[:depth]
-    return unique, breakdown.sum(axis=1), breakdown
+
+@dataclass
+class Instrument:
+    """One consolidated book and what publishing it needs.
+
+    A plain instrument has one column per exchange id, so its working top has the
+    published layout and a publish is one copy; a synthetic one has a column per member
+    market, summed into its exchange's column when published.
+    """
+
+    index: int
+    plan: InstrumentPlan
+    book: ConsolidatedBook
+    writer: BookWriter
+    columns: list[int]  # column of each plan member
+    column_exchange: np.ndarray  # exchange id of each column
+    direct: bool  # column == exchange id
+    analytics: AnalyticsSettings
+    rates: list[float] = field(default_factory=list)  # per column: the rate it is in with
+
+    def member(self, column: int) -> Member:
+        return self.plan.members[self.columns.index(column)]
+
+    def members_by_column(self) -> list[tuple[int, Member]]:
+        return list(zip(self.columns, self.plan.members))
+    records_applied: int = 0
+    last_publish: float = 0.0
+    last_buckets: float = 0.0
+    buckets_due: bool = True
+    buckets_computed: int = 0  # how many times the buckets were computed
+    slot_buckets: list[int] = field(default_factory=list)  # per slot: which computation its buckets hold
+    views: list[dict[str, np.ndarray]] = field(default_factory=list)  # per slot: its fields as arrays
+    slot_exchange_fields: list[list[list[int] | None]] = field(default_factory=list)  # per slot: EXCHANGE_FIELDS written
+    member_books: list[tuple[int, int, "ExchangeBook"]] = field(default_factory=list)  # (column, exchange, book)
+    tops: tuple[np.ndarray, ...] = ()  # per column: best bid, its size, best ask, its size (reused)
+    column_exchange_ids: np.ndarray | None = None  # int64 column → exchange id, None when direct
+    message_fields: list[tuple[str, int]] = field(default_factory=list)  # metrics on the bus: (name, word)
+    imbalance_slot: slice = field(default_factory=lambda: slice(0))
+    cross_spread_bps_slot: int = 0
+
+    def __post_init__(self) -> None:
+        self.slot_buckets = [-1] * self.writer.slot_count
+        self.slot_exchange_fields = [[None] * len(EXCHANGE_FIELDS) for _ in range(self.writer.slot_count)]
+        self.tops = tuple(np.zeros(len(self.column_exchange)) for _ in range(4))
+        if not self.direct:
+            self.column_exchange_ids = self.column_exchange.astype(np.int64)
+        slots = self.writer.slots
+        self.views = [
+            {name: slots[name][index : index + 1] if not slots.dtype[name].shape else slots[name][index]
+             for name in slots.dtype.names}
+            for index in range(self.writer.slot_count)
+        ]
+        metric_slots = _metric_slots(slots.dtype["metrics"])
+        for index, views in enumerate(self.views):  # copied as bytes: a struct copy goes field by field
+            views["buckets_bytes"] = slots["buckets"][index : index + 1].view(np.uint8)
+            # the metrics record as float64 (what the bus message reads) and its generation
+            views["metrics_floats"] = slots["metrics"][index : index + 1].view(np.float64)
+            views["metrics_generation"] = views["metrics_floats"].view(np.uint64)[metric_slots["generation"]]
+        self.message_fields = [(name, metric_slots[name].start) for name in ("mid", "vw_mid", "spread_bps")]
+        self.imbalance_slot = metric_slots["imbalance"]
+        self.cross_spread_bps_slot = metric_slots["cross_spread_bps"].start
+
+
+def _metric_slots(dtype: np.dtype) -> dict[str, slice]:
+    """Where each float64 or uint64 field of a metrics record lies in the record seen as 8-byte words."""
+    return {
+        name: slice(offset // 8, (offset + field.itemsize) // 8)
+        for name, (field, offset, *_) in dtype.fields.items()
+        if field.base.itemsize == 8
+    }
 
 
 class AggregatorActor(Actor):
@@ -100,13 +176,60 @@ class AggregatorActor(Actor):
             handle.become_consumer()
             handle.request_resnapshot()  # whatever is queued is relative to books we do not have
             self.rings[self.exchange_ids[name]] = handle
-        self.writers = [BookWriter.attach(directory["segments"]["books"][s]) for s in self.symbols]
-        self.depth = self.config.shm.book_depth
+        self.mode = directory.get("mode", "live")  # "replay" in a replay session: said on every message
+        self.storage_feed: Ring | None = None
+        if feed := directory["segments"].get("storage_feed"):
+            self.storage_feed = Ring.attach(feed)
+            self.storage_feed.become_producer()
+        self.storage_refused_at = 0.0
         self.exchange_count = max(len(self.exchange_ids), 1)
         self.books = [[ExchangeBook() for _ in range(self.exchange_count)] for _ in self.symbols]
-        self.records_applied = [0] * len(self.symbols)
-        self.dirty: set[int] = set(range(len(self.symbols)))
-        self.last_publish = [0.0] * len(self.symbols)
+        config = self.config
+        self.depth = config.shm.book_depth
+        self.instruments: list[Instrument] = []
+        # (symbol id, exchange id) → the (instrument, column) pairs that market feeds
+        self.feeds: dict[tuple[int, int], list[tuple[Instrument, int]]] = {}
+        self.rate_users: dict[tuple[int, int], list[tuple[Instrument, int]]] = {}
+        for index, plan in enumerate(instrument_plans(config)):
+            writer = BookWriter.attach(directory["segments"]["books"][plan.name])
+            direct = all(member.rate_book is None for member in plan.members) and len(
+                {member.exchange for member in plan.members}
+            ) == len(plan.members)
+            if direct:
+                columns = [member.exchange for member in plan.members]
+                column_exchange = np.arange(writer.exchanges)
+            else:
+                columns = list(range(len(plan.members)))
+                column_exchange = np.array([member.exchange for member in plan.members], dtype=np.intp)
+            specs = [MemberSpec(int(exchange), -1) for exchange in column_exchange]
+            for member, column in zip(plan.members, columns):
+                specs[column] = MemberSpec(member.exchange, member.symbol)
+            instrument = Instrument(
+                index, plan, ConsolidatedBook(plan.name, specs, writer.depth, plan.tick), writer, columns,
+                column_exchange, direct,
+                AnalyticsSettings(
+                    tuple(config.metrics.imbalance_bps), tuple(config.metrics.depth_steps_bps),
+                    config.metrics.dominance_bps, config.metrics.liquidity_decay_bps, config.buckets.bps,
+                    plan.absolute_unit,
+                ),
+                rates=[0.0] * len(specs),
+            )
+            instrument.member_books = [
+                (column, member.exchange, self.books[member.symbol][member.exchange])
+                for column, member in instrument.members_by_column()
+            ]
+            self.instruments.append(instrument)
+            for member, column in zip(plan.members, columns):
+                self.feeds.setdefault((member.symbol, member.exchange), []).append((instrument, column))
+                if member.rate_book is not None:
+                    rate_exchange, rate_symbol = member.rate_book
+                    self.rate_users.setdefault((rate_symbol, rate_exchange), []).append((instrument, column))
+        self.feeds_by_market = [  # [symbol id][exchange id] → (instrument, column, its book)
+            [[(instrument, column, instrument.book) for instrument, column in self.feeds.get((symbol, exchange), ())]
+             for exchange in range(self.exchange_count)]
+            for symbol in range(len(self.symbols))
+        ]
+        self.dirty: set[int] = set(range(len(self.instruments)))
         self.last_activity = {index: time.monotonic() for index in self.rings}
         self.stale: set[int] = set()
         self.producers: dict[int, tuple[int, psutil.Process | None]] = {}
@@ -116,35 +239,53 @@ class AggregatorActor(Actor):
         # Draining uses a blocking-API shadow of the same socket: on the asyncio socket a
         # NOBLOCK recv returns a future instead of raising zmq.Again.
         self.doorbell_drain = zmq.Socket.shadow(self.doorbell.underlying)
-        self.publisher = Publisher(self.context, directory["endpoints"]["bus_publish"])
-        settings = self.config.aggregator
+        # Publishing is fire and forget (NOBLOCK) and never awaited: a plain socket on a shadow of
+        # the same context skips the asyncio socket's future bookkeeping (~20 µs a message).
+        self.publisher = Publisher(zmq.Context.shadow(self.context.underlying), directory["endpoints"]["bus_publish"])
+        settings = config.aggregator
         self.publish_interval = settings.publish_interval_ms / 1000
+        self.buckets_interval = config.buckets.refresh_ms / 1000
         self.stale_after = settings.stale_after_s
         self.doorbell_timeout_ms = settings.doorbell_timeout_ms
 
     async def run(self) -> None:
-        next_liveness = 0.0
+        next_liveness = next_yield = 0.0
         while not self.stopping.is_set():
-            drained = self.drain()
+            self.drain()
             now = time.monotonic()
             if now >= next_liveness:
                 self.check_liveness(now)
+                self.refresh_rates()
                 next_liveness = now + _LIVENESS_CHECK_S
             wait_s = self.publish_due(now)
-            if drained == 0:
-                await self.sleep(wait_s)
+            if now >= next_yield:  # heartbeat and signal handlers: a turn of the loop at most this often,
+                await asyncio.sleep(0)  # busy or idle (each turn costs tens of µs a frame would wait for)
+                next_yield = time.monotonic() + BUSY_YIELD_S
+            self.wait_for_records(wait_s)
 
-    async def sleep(self, wait_s: float | None) -> None:
-        """Block on the doorbell until a producer writes (or a publish/liveness check is due)."""
+    def wait_for_records(self, wait_s: float | None) -> None:
+        """Block on the doorbell until a producer writes (or a publish/liveness check is due);
+        return at once if a ring already holds records.
+
+        The wait is ZeroMQ's own poll, in C with the GIL released, not the event loop's: a
+        wake-up through asyncio costs tens of microseconds the first record of a quiet
+        spell would wait for. A wait is at most ``aggregator.doorbell_timeout_ms``. Checking
+        the rings here (``prepare_to_wait``) is what makes a second pass over empty rings
+        after each drain unnecessary.
+        """
         timeout_ms = self.doorbell_timeout_ms if wait_s is None else min(self.doorbell_timeout_ms, wait_s * 1000)
         waiting = [ring.prepare_to_wait() for ring in self.rings.values()]
         try:
-            if all(waiting) and await self.doorbell.poll(max(timeout_ms, 0)):
-                while True:
-                    try:
-                        self.doorbell_drain.recv(zmq.NOBLOCK)
-                    except zmq.Again:
-                        break
+            if not all(waiting):
+                return
+            if wake.CAN_WAIT:  # asleep on every ring's write index at once: a producer's write wakes it
+                wake.wait_any([(ring.write_word, ring.read_position) for ring in self.rings.values()],
+                              max(timeout_ms, 0.0) / 1000)
+                return
+            doorbell = self.doorbell_drain
+            if doorbell.poll(max(round(timeout_ms), 0)):
+                while doorbell.getsockopt(zmq.EVENTS) & zmq.POLLIN:  # the rings pending, without an exception
+                    doorbell.recv(zmq.NOBLOCK)
         finally:
             for ring in self.rings.values():
                 ring.done_waiting()
@@ -165,8 +306,10 @@ class AggregatorActor(Actor):
                 )
                 self.drop_exchange(exchange, Status.RESYNCING, Reason.RING_OVERFLOW, now_ns)
             applied = 0
-            while len(batch := ring.read()):
+            while applied < DRAIN_QUANTUM and len(batch := ring.read(DRAIN_QUANTUM - applied)):
                 self.apply(batch)
+                if self.storage_feed is not None:
+                    self.forward_to_storage(batch)
                 ring.commit(len(batch))
                 applied += len(batch)
             total += applied
@@ -174,14 +317,32 @@ class AggregatorActor(Actor):
                 self.last_activity[exchange] = time.monotonic()
                 if exchange in self.stale:
                     self.stale.discard(exchange)
-                    self.dirty.update(range(len(self.symbols)))
+                    self.refresh_exchange(exchange, now_ns)
         return total
+
+    def forward_to_storage(self, batch: np.ndarray) -> None:
+        """Every applied record goes on to storage, in order; the aggregator never waits for it.
+
+        A batch the feed cannot take is refused whole and counted by the ring (storage
+        reports the loss from its side); this log line repeats at most every 5 s.
+        """
+        if not self.storage_feed.write(batch):
+            now = time.monotonic()
+            if now - self.storage_refused_at >= 5.0:
+                self.storage_refused_at = now
+                self.log.error("storage_feed_full", records=len(batch),
+                               hint="storage is not keeping up: check its log and the database; raise "
+                                    "storage.feed_records for longer stalls")
 
     def apply(self, batch: np.ndarray) -> None:
         books = self.books
+        feeds = self.feeds_by_market
+        dirty = self.dirty
         symbol_count = len(self.symbols)
+        level, bid, in_sync = Kind.LEVEL, Side.BID, Status.IN_SYNC  # locals: enum lookups cost per record
         for record in batch.tolist():
-            (exchange_ts, receive_ts, price, size, sequence, aux, symbol_id, _orders, exchange, kind, side, _flags, reason) = record
+            (exchange_ts, receive_ts, price, size, sequence, aux, symbol_id, orders, exchange, kind, side,
+             _flags, reason) = record
             receive_ts = receive_ts or time.time_ns()
             if symbol_id == ALL_SYMBOLS:
                 if kind == Kind.STATUS:
@@ -191,32 +352,40 @@ class AggregatorActor(Actor):
             if symbol_id >= symbol_count or exchange >= self.exchange_count:
                 continue
             book = books[symbol_id][exchange]
-            if kind == Kind.LEVEL:
-                if book.staging is not None:
-                    levels = book.staging[0] if side == Side.BID else book.staging[1]
-                elif book.status == Status.IN_SYNC:
-                    levels = book.bids if side == Side.BID else book.asks
-                    self.dirty.add(symbol_id)
+            if kind == level:
+                is_bid = side == bid
+                staging = book.staging
+                if staging is not None:
+                    levels, counts = (staging[0], staging[2]) if is_bid else (staging[1], staging[3])
+                elif book.status == in_sync:
+                    levels, counts = (book.bids, book.bid_orders) if is_bid else (book.asks, book.ask_orders)
+                    for instrument, column, consolidated in feeds[symbol_id][exchange]:
+                        if consolidated.included[column]:
+                            if consolidated.converted[column] is None:
+                                (consolidated.bids if is_bid else consolidated.asks).set(column, price, size, orders)
+                            else:
+                                consolidated.set_level(column, is_bid, price, size, orders)
+                            instrument.records_applied += 1
+                            dirty.add(instrument.index)
                 else:
                     continue  # a delta for a book we do not trust: its snapshot will follow
                 if size > 0.0:
                     levels[price] = size
+                    if orders:
+                        counts[price] = orders
+                    elif counts:
+                        counts.pop(price, None)
                 else:
                     levels.pop(price, None)
+                    if counts:
+                        counts.pop(price, None)
                 book.sequence, book.exchange_ts, book.receive_ts = sequence, exchange_ts, receive_ts
-                self.records_applied[symbol_id] += 1
             elif kind == Kind.SNAPSHOT_BEGIN:
-                book.staging = ({}, {})
+                book.staging = ({}, {}, {}, {})
             elif kind == Kind.SNAPSHOT_END:
-                if book.staging is None:
-                    continue
-                book.bids, book.asks = book.staging
-                book.staging = None
-                book.sequence, book.exchange_ts, book.receive_ts = sequence, exchange_ts, receive_ts
-                if book.status != Status.IN_SYNC:
-                    book.status, book.reason, book.since_ns = Status.IN_SYNC, Reason.NONE, receive_ts
-                    self.publish_status(symbol_id, exchange, book)
-                self.dirty.add(symbol_id)
+                if book.staging is not None:
+                    self.swap_in(symbol_id, exchange, book, receive_ts)
+                    book.sequence, book.exchange_ts, book.receive_ts = sequence, exchange_ts, receive_ts
             elif kind == Kind.CLEAR:
                 self.change_status(symbol_id, exchange, Status.RESYNCING, Reason(reason), receive_ts)
             elif kind == Kind.STATUS:
@@ -232,22 +401,90 @@ class AggregatorActor(Actor):
                         "trade_id": aux,
                         "exchange_ts": exchange_ts,
                         "receive_ts": receive_ts,
+                        "mode": self.mode,
                     },
                 )
             elif kind == Kind.HEARTBEAT:
                 book.exchange_ts = max(book.exchange_ts, exchange_ts)
+
+    def swap_in(self, symbol_id: int, exchange: int, book: ExchangeBook, now_ns: int) -> None:
+        """A complete snapshot replaces the book; instruments already holding it take the difference."""
+        old = (book.bids, book.asks)
+        book.bids, book.asks, book.bid_orders, book.ask_orders = book.staging
+        book.staging = None
+        for instrument, column in self.feeds.get((symbol_id, exchange), ()):
+            if instrument.book.included[column]:
+                instrument.book.replace(column, old, (book.bids, book.asks), (book.bid_orders, book.ask_orders))
+                self.dirty.add(instrument.index)
+        if book.status != Status.IN_SYNC:
+            book.status, book.reason, book.since_ns = Status.IN_SYNC, Reason.NONE, now_ns
+            self.publish_status(symbol_id, exchange, book)
+            self.refresh_market(symbol_id, exchange)
+        self.refresh_rate_users(symbol_id, exchange)
 
     def change_status(self, symbol_id: int, exchange: int, status: Status, reason: Reason, now_ns: int) -> None:
         book = self.books[symbol_id][exchange]
         if status == Status.IN_SYNC:
             return  # only a complete snapshot makes a book trusted
         if book.drop(status, reason, now_ns):
-            self.dirty.add(symbol_id)
             self.publish_status(symbol_id, exchange, book)
+            self.refresh_market(symbol_id, exchange)
+            self.refresh_rate_users(symbol_id, exchange)
 
     def drop_exchange(self, exchange: int, status: Status, reason: Reason, now_ns: int) -> None:
         for symbol_id in range(len(self.symbols)):
             self.change_status(symbol_id, exchange, status, reason, now_ns)
+
+    # ---- membership ------------------------------------------------------------------
+
+    def member_rate(self, instrument: Instrument, column: int) -> float | None:
+        """The rate a member is converted at now: 1.0 for exact members, None while unknown."""
+        rate_book = instrument.member(column).rate_book
+        if rate_book is None:
+            return 1.0
+        rate_exchange, rate_symbol = rate_book
+        source = self.books[rate_symbol][rate_exchange]
+        if source.status != Status.IN_SYNC or rate_exchange in self.stale:
+            return None
+        return source.mid()
+
+    def refresh_member(self, instrument: Instrument, column: int, force: bool = False) -> None:
+        """Bring a member in or out so that it is in exactly when its book can be trusted."""
+        member = instrument.member(column)
+        book = self.books[member.symbol][member.exchange]
+        rate = self.member_rate(instrument, column)
+        wanted = book.status == Status.IN_SYNC and member.exchange not in self.stale and rate is not None
+        consolidated = instrument.book
+        if wanted and (force or not consolidated.included[column]):
+            conversion = None if member.rate_book is None else Conversion(rate, instrument.plan.tick)
+            consolidated.include(column, (book.bids, book.asks), (book.bid_orders, book.ask_orders), conversion)
+            instrument.rates[column] = rate
+            self.dirty.add(instrument.index)
+        elif not wanted and consolidated.included[column]:
+            consolidated.exclude(column)
+            self.dirty.add(instrument.index)
+
+    def refresh_market(self, symbol_id: int, exchange: int) -> None:
+        for instrument, column in self.feeds.get((symbol_id, exchange), ()):
+            self.refresh_member(instrument, column)
+
+    def refresh_rate_users(self, symbol_id: int, exchange: int) -> None:
+        for instrument, column in self.rate_users.get((symbol_id, exchange), ()):
+            self.refresh_member(instrument, column)
+
+    def refresh_exchange(self, exchange: int, now_ns: int) -> None:
+        for symbol_id in range(len(self.symbols)):
+            self.refresh_market(symbol_id, exchange)
+            self.refresh_rate_users(symbol_id, exchange)
+            self.publish_status(symbol_id, exchange, self.books[symbol_id][exchange])
+
+    def refresh_rates(self) -> None:
+        """Re-place converted members whose rate moved (their levels move to other grid prices)."""
+        for users in self.rate_users.values():
+            for instrument, column in users:
+                rate = self.member_rate(instrument, column)
+                if rate is not None and instrument.book.included[column] and rate != instrument.rates[column]:
+                    self.refresh_member(instrument, column, force=True)
 
     def publish_status(self, symbol_id: int, exchange: int, book: ExchangeBook) -> None:
         status = Status.STALE if exchange in self.stale else book.status
@@ -285,9 +522,7 @@ class AggregatorActor(Actor):
             if exchange not in self.stale and now - self.last_activity[exchange] > self.stale_after:
                 self.stale.add(exchange)
                 self.log.warning("exchange_stale", exchange=self.exchange_names[exchange], silent_s=self.stale_after)
-                for symbol_id in range(len(self.symbols)):
-                    self.dirty.add(symbol_id)
-                    self.publish_status(symbol_id, exchange, self.books[symbol_id][exchange])
+                self.refresh_exchange(exchange, now_ns)
 
     def _exchange_books(self, exchange: int) -> list[ExchangeBook]:
         return [books[exchange] for books in self.books]
@@ -310,69 +545,180 @@ class AggregatorActor(Actor):
     # ---- publishing ------------------------------------------------------------------
 
     def publish_due(self, now: float) -> float | None:
-        """Publish every dirty symbol whose interval passed; seconds until the next is due."""
+        """Publish every dirty instrument whose interval passed; seconds until the next is due."""
         next_due = None
-        for symbol_id in list(self.dirty):
-            due = self.last_publish[symbol_id] + self.publish_interval
+        for index in list(self.dirty):
+            instrument = self.instruments[index]
+            due = instrument.last_publish + self.publish_interval
             if now >= due:
-                self.dirty.discard(symbol_id)
-                self.last_publish[symbol_id] = now
-                self.publish(symbol_id)
+                self.dirty.discard(index)
+                instrument.last_publish = now
+                self.publish(instrument, now)
             else:
                 next_due = due - now if next_due is None else min(next_due, due - now)
         return next_due
 
-    def publish(self, symbol_id: int) -> None:
-        writer = self.writers[symbol_id]
-        books = self.books[symbol_id]
-        included = [
-            index for index, book in enumerate(books) if book.status == Status.IN_SYNC and index not in self.stale
+    def column_tops(self, instrument: Instrument) -> tuple[np.ndarray, ...]:
+        """Per column: best bid, its size, best ask, its size (0 where the column has none).
+
+        The C kernel scans each side's working block from its best row and stops once every
+        column is found. Without it, the first consolidated rows are searched first and the
+        whole top only for a column not found there.
+        """
+        if kernel is not None:
+            for side, price, size in zip((instrument.book.bids, instrument.book.asks), instrument.tops[::2],
+                                         instrument.tops[1::2]):
+                kernel.column_tops(side.buffer[side.start : side.start + side.count], price, size)
+            return instrument.tops
+        tops = []
+        for side in (instrument.book.bids, instrument.book.asks):
+            top = side.top()
+            sizes = top[:TOP_SEARCH_ROWS, FIRST_EXCHANGE:]
+            present = sizes > 0.0
+            first = present.argmax(axis=0) if len(present) else np.zeros(side.members, dtype=np.intp)
+            columns = np.arange(side.members)
+            found = present[first, columns] if len(present) else np.zeros(side.members, dtype=bool)
+            if not found.all() and len(top) > TOP_SEARCH_ROWS:
+                for column in np.flatnonzero(~found).tolist():
+                    rows = np.flatnonzero(top[:, FIRST_EXCHANGE + column] > 0.0)
+                    if len(rows):
+                        first[column], found[column] = rows[0], True
+            price = np.where(found, top[first, PRICE] if len(top) else 0.0, 0.0)
+            size = np.where(found, top[first, FIRST_EXCHANGE + columns] if len(top) else 0.0, 0.0)
+            tops += [price, size]
+        return tuple(tops)
+
+    def exclude_crossed(self, instrument: Instrument, bids: np.ndarray, asks: np.ndarray) -> bool:
+        """Exclude members crossed within their own exchange; True if any was."""
+        crossed = [
+            column for column, (bid, ask) in enumerate(zip(bids.tolist(), asks.tolist()))
+            if bid > 0.0 and ask > 0.0 and bid >= ask
         ]
+        now_ns = time.time_ns()
+        excluded = False
+        for column in crossed:
+            member = instrument.member(column)
+            if member.rate_book is not None:
+                continue  # grid rounding can touch bid and ask; the exchange's own book is checked where it is exact
+            book = self.books[member.symbol][member.exchange]
+            self.log.error(
+                "book_crossed_within_exchange", exchange=self.exchange_names[member.exchange],
+                symbol=self.symbols[member.symbol], best_bid=float(bids[column]), best_ask=float(asks[column]),
+                hint="excluded; the connector is asked to re-send its snapshots",
+            )
+            book.drop(Status.ERROR, Reason.CROSSED, now_ns)
+            self.publish_status(member.symbol, member.exchange, book)
+            self.refresh_market(member.symbol, member.exchange)
+            self.rings[member.exchange].request_resnapshot()
+            excluded = True
+        return excluded
+
+    def publish(self, instrument: Instrument, now: float) -> None:
+        consolidated = instrument.book
+        tops = self.column_tops(instrument)
+        if self.exclude_crossed(instrument, tops[0], tops[2]):
+            tops = self.column_tops(instrument)
+        writer = instrument.writer
+        exchanges = writer.exchanges
+        if instrument.direct:
+            best = {"bid": tops[0], "ask": tops[2]}
+        else:  # an exchange's best over its markets in the instrument
+            best = {"bid": np.zeros(exchanges), "ask": np.zeros(exchanges)}
+            for column, exchange in enumerate(instrument.column_exchange.tolist()):
+                bid, ask = tops[0][column], tops[2][column]
+                if bid > best["bid"][exchange]:
+                    best["bid"][exchange] = bid
+                if ask > 0.0 and (best["ask"][exchange] == 0.0 or ask < best["ask"][exchange]):
+                    best["ask"][exchange] = ask
+        per_exchange = [[0] * exchanges for _ in EXCHANGE_FIELDS]
+        included, status, reason, since, bid_levels, ask_levels, sequence, exchange_ts, receive_ts = per_exchange
+        best_bid, best_ask = best["bid"].tolist(), best["ask"].tolist()
+        best_size = {"bid": [0.0] * exchanges, "ask": [0.0] * exchanges}
+        best_bid_size, best_ask_size = best_size["bid"], best_size["ask"]
+        bid_tops, bid_sizes, ask_tops, ask_sizes = (values.tolist() for values in tops)
+        stale, member_included = self.stale, consolidated.included
+        for column, index, book in instrument.member_books:
+            included[index] = member_included[column]
+            status[index] = Status.STALE if index in stale else book.status
+            reason[index], since[index] = book.reason, book.since_ns
+            bid_levels[index], ask_levels[index] = len(book.bids), len(book.asks)
+            sequence[index], exchange_ts[index], receive_ts[index] = book.sequence, book.exchange_ts, book.receive_ts
+            if bid_tops[column] == best_bid[index]:
+                best_bid_size[index] += bid_sizes[column]
+            if ask_tops[column] == best_ask[index]:
+                best_ask_size[index] += ask_sizes[column]
         slot = writer.begin()
-        for side, descending in (("bid", True), ("ask", False)):
-            levels = [(index, books[index].bids if descending else books[index].asks) for index in included]
-            prices, sizes, breakdown = consolidate(levels, self.depth, self.exchange_count, descending)
-            count = len(prices)
-            previous = int(slot[f"{side}_levels"])
-            slot[f"{side}_price"][:count] = prices
-            slot[f"{side}_size"][:count] = sizes
-            slot[f"{side}_exchange_size"][:count] = breakdown
-            if previous > count:
-                slot[f"{side}_price"][count:previous] = 0.0
-                slot[f"{side}_size"][count:previous] = 0.0
-                slot[f"{side}_exchange_size"][count:previous] = 0.0
-            slot[f"{side}_orders"][:max(count, previous)] = 0
-            slot[f"{side}_levels"] = count
-        for index, book in enumerate(books):
-            best_bid = max(book.bids) if book.bids else 0.0
-            best_ask = min(book.asks) if book.asks else 0.0
-            slot["exchange_status"][index] = Status.STALE if index in self.stale else book.status
-            slot["exchange_reason"][index] = book.reason
-            slot["exchange_status_since"][index] = book.since_ns
-            slot["exchange_best_bid"][index] = best_bid
-            slot["exchange_best_bid_size"][index] = book.bids.get(best_bid, 0.0)
-            slot["exchange_best_ask"][index] = best_ask
-            slot["exchange_best_ask_size"][index] = book.asks.get(best_ask, 0.0)
-            slot["exchange_bid_levels"][index] = len(book.bids)
-            slot["exchange_ask_levels"][index] = len(book.asks)
-            slot["exchange_sequence"][index] = book.sequence
-            slot["exchange_ts"][index] = book.exchange_ts
-            slot["exchange_receive_ts"][index] = book.receive_ts
-        slot["records_applied"] = self.records_applied[symbol_id]
-        generation = writer.end(slot)
-        best_bid = float(slot["bid_price"][0]) if slot["bid_levels"] else None
-        best_ask = float(slot["ask_price"][0]) if slot["ask_levels"] else None
-        self.publisher.publish(
-            f"book.{self.symbols[symbol_id]}",
-            {
-                "symbol": self.symbols[symbol_id],
-                "generation": generation,
-                "publish_ts": int(slot["publish_ts"]),
-                "best_bid": best_bid,
-                "best_ask": best_ask,
-                "exchanges": [self.exchange_names[index] for index in included],
-            },
-        )
+        generation = int(writer.generation) + 1
+        slot_index = generation % writer.slot_count
+        views = instrument.views[slot_index]
+        sides = {}
+        for name, key, side in (("bid", "bids", consolidated.bids), ("ask", "asks", consolidated.asks)):
+            count = side.count
+            counter = views[f"{name}_levels"]
+            previous = int(counter[0])
+            levels = views[key]
+            if kernel is not None:  # one pass: reversed into place, members summed per exchange, stale rows zeroed
+                block = side.buffer[side.start : side.start + count]
+                kernel.copy_side(block, levels, previous, instrument.column_exchange_ids)
+            else:
+                top = side.top()
+                if instrument.direct:
+                    levels[:count] = top
+                else:
+                    levels[:count, :FIRST_EXCHANGE] = top[:, :FIRST_EXCHANGE]
+                    levels[:count, FIRST_EXCHANGE:] = 0.0
+                    for column, exchange in enumerate(instrument.column_exchange.tolist()):
+                        levels[:count, FIRST_EXCHANGE + exchange] += top[:, FIRST_EXCHANGE + column]
+                if previous > count:
+                    levels[count:previous] = 0.0
+            counter[0] = count
+            sides[name] = SideArrays(levels[:count, PRICE], levels[:count, SIZE], levels[:count, ORDERS],
+                                     levels[:count, FIRST_EXCHANGE:])
+        written = instrument.slot_exchange_fields[slot_index]
+        for position, (name, values) in enumerate(zip(EXCHANGE_FIELDS, per_exchange)):
+            if values != written[position]:  # status fields rarely change: only what differs from the slot's
+                views[name][:] = values
+                written[position] = values
+        views["exchange_best_bid"][:] = best["bid"]
+        views["exchange_best_ask"][:] = best["ask"]
+        views["exchange_best_bid_size"][:] = best_size["bid"]
+        views["exchange_best_ask_size"][:] = best_size["ask"]
+        views["records_applied"][0] = instrument.records_applied
+        fill_metrics(views["metrics"][0], sides["bid"], sides["ask"], best["bid"], best["ask"], instrument.analytics)
+        views["metrics_generation"][0] = generation
+        if instrument.buckets_due or now - instrument.last_buckets >= self.buckets_interval:
+            buckets = views["buckets"][0]
+            fill_buckets(buckets, sides["bid"], sides["ask"], instrument.analytics)
+            buckets["generation"] = generation
+            buckets["computed_ts"] = time.time_ns()
+            instrument.last_buckets = now
+            instrument.buckets_due = False
+            instrument.buckets_computed += 1
+            instrument.slot_buckets[slot_index] = instrument.buckets_computed
+        elif instrument.slot_buckets[slot_index] != instrument.buckets_computed:
+            # every slot carries the newest buckets: the previous slot has them (copied only
+            # into a slot that holds older ones, so once per slot after each computation)
+            views["buckets_bytes"][:] = instrument.views[(generation - 1) % writer.slot_count]["buckets_bytes"]
+            instrument.slot_buckets[slot_index] = instrument.buckets_computed
+        writer.end(slot)
+        metric_values = views["metrics_floats"]
+        message = {
+            "symbol": instrument.plan.name,
+            "mode": self.mode,
+            "generation": generation,
+            "publish_ts": views["publish_ts"].item(0),
+            "best_bid": sides["bid"].price.item(0) if len(sides["bid"].price) else None,
+            "best_ask": sides["ask"].price.item(0) if len(sides["ask"].price) else None,
+        }
+        for name, index in instrument.message_fields:
+            message[name] = metric_values.item(index)
+        message["imbalance"] = metric_values[instrument.imbalance_slot].tolist()
+        message["cross_spread_bps"] = metric_values.item(instrument.cross_spread_bps_slot)
+        message["exchanges"] = [
+            self.exchange_names[exchange] for column, exchange, _ in instrument.member_books
+            if consolidated.included[column]
+        ]
+        self.publisher.publish(f"book.{instrument.plan.name}", message)
 
     async def teardown(self) -> None:
         """Release what setup took, also when setup stopped half-way."""
@@ -384,5 +730,7 @@ class AggregatorActor(Actor):
             context.term()
         for ring in getattr(self, "rings", {}).values():
             ring.close()
-        for writer in getattr(self, "writers", []):
-            writer.close()
+        if (feed := getattr(self, "storage_feed", None)) is not None:
+            feed.close()
+        for instrument in getattr(self, "instruments", []):
+            instrument.writer.close()

@@ -11,6 +11,11 @@ read, load ``seq`` again (changed → retry). Stores are published in program or
 loads are not reordered with loads (``shm.ordering`` point 2), so a reader that sees the
 same even ``seq`` twice has read one complete publish, never a torn book.
 
+Waking readers: after storing ``generation`` the writer wakes every process sleeping on it
+(:mod:`shm.wake`: a futex on the generation word), so a reader can sleep until the next
+publish of any of several books (:func:`wait_for_publish`) instead of waiting for a message
+on the bus. Optional: where :data:`shm.wake.CAN_WAIT` is False readers use the bus.
+
 Why slots rather than one seqlocked buffer: a reader can keep a zero-copy view of the
 newest slot and the writer will not touch that slot for the next ``slots - 1``
 publishes, so a model process can read in place and only check
@@ -20,35 +25,121 @@ publishes, so a model process can read in place and only check
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from shm import wake
 from shm.segment import CACHE_LINE, Segment, SegmentKind
 
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
 
 
-def book_slot_dtype(depth: int, exchanges: int) -> np.dtype:
-    """One complete consolidated book plus per-exchange status, as one record."""
-    sides = []
+@dataclass(frozen=True, slots=True)
+class BookLayout:
+    """The sizes that fix a book segment's layout; stored in the segment header's params."""
+
+    depth: int  # consolidated levels per side
+    exchanges: int  # columns of every per-exchange array, indexed by exchange id
+    slots: int
+    bps_buckets: int = 100  # relative buckets per side
+    absolute_buckets: int = 200  # fixed price bins around the mid
+    imbalance_depths: int = 3
+    depth_steps: int = 7
+
+    @property
+    def params(self) -> tuple[int, ...]:
+        return (self.depth, self.exchanges, self.slots, self.bps_buckets, self.absolute_buckets,
+                self.imbalance_depths, self.depth_steps)
+
+    @classmethod
+    def from_params(cls, params: tuple[int, ...]) -> "BookLayout":
+        return cls(*params[:7])
+
+
+def metrics_dtype(layout: BookLayout) -> np.dtype:
+    """Microstructure metrics, computed on every published book (docs/metrics.md defines each)."""
+    exchanges, steps = layout.exchanges, layout.depth_steps
+    return np.dtype(
+        [
+            ("generation", "<u8"),  # the book generation they were computed on
+            ("mid", "<f8"),
+            ("vw_mid", "<f8"),
+            ("spread", "<f8"),
+            ("spread_bps", "<f8"),
+            ("imbalance_bps", "<f8", (layout.imbalance_depths,)),
+            ("imbalance", "<f8", (layout.imbalance_depths,)),
+            ("depth_steps_bps", "<f8", (steps,)),
+            ("bid_depth", "<f8", (steps,)),  # cumulative size within each depth step of the mid
+            ("ask_depth", "<f8", (steps,)),
+            ("dominance_bps", "<f8"),
+            ("dominance", "<f8", (exchanges,)),
+            ("cross_spread", "<f8"),
+            ("cross_spread_bps", "<f8"),
+            ("cross_bid_exchange", "<i2"),  # -1: fewer than two exchanges quote
+            ("cross_ask_exchange", "<i2"),
+            ("exchange_spread_bps", "<f8", (exchanges,)),
+            ("total_bid_size", "<f8"),
+            ("total_ask_size", "<f8"),
+            ("total_bid_notional", "<f8"),
+            ("total_ask_notional", "<f8"),
+        ],
+        align=True,
+    )
+
+
+def buckets_dtype(layout: BookLayout) -> np.dtype:
+    """Price buckets, refreshed at ``buckets.refresh_ms`` (docs/metrics.md)."""
+    exchanges, buckets, bins = layout.exchanges, layout.bps_buckets, layout.absolute_buckets
+    per_side = []
     for side in ("bid", "ask"):
-        sides += [
-            (f"{side}_price", "<f8", (depth,)),
-            (f"{side}_size", "<f8", (depth,)),
-            (f"{side}_orders", "<u4", (depth,)),  # 0 = no exchange reports counts there
-            (f"{side}_exchange_size", "<f8", (depth, exchanges)),
+        per_side += [
+            (f"{side}_bps_size", "<f8", (buckets,)),
+            (f"{side}_bps_notional", "<f8", (buckets,)),
+            (f"{side}_bps_orders", "<u4", (buckets,)),
+            (f"{side}_bps_exchange_size", "<f8", (buckets, exchanges)),
+            (f"{side}_abs_size", "<f8", (bins,)),
+            (f"{side}_abs_notional", "<f8", (bins,)),
+            (f"{side}_abs_orders", "<u4", (bins,)),
+            (f"{side}_abs_exchange_size", "<f8", (bins, exchanges)),
         ]
+    return np.dtype(
+        [
+            ("generation", "<u8"),  # the book generation they were computed on; 0 = never
+            ("computed_ts", "<i8"),
+            ("mid", "<f8"),  # the mid the relative buckets are measured from
+            ("bps_width", "<f8"),
+            ("abs_unit", "<f8"),  # 0: no absolute buckets for this instrument
+            ("abs_first_price", "<f8"),
+            *per_side,
+        ],
+        align=True,
+    )
+
+
+PRICE, SIZE, ORDERS, FIRST_EXCHANGE = 0, 1, 2, 3
+"""Columns of a side's level matrix (``bids``/``asks``, best level first): price, total
+size, total order count (exact integers; 0 where no exchange gives counts), then one
+size column per exchange id. The aggregator keeps its working top in the same columns,
+so a publish is one copy per side."""
+
+
+def book_slot_dtype(layout: BookLayout) -> np.dtype:
+    """One complete consolidated book, its analytics and per-exchange status, as one record."""
+    depth, exchanges = layout.depth, layout.exchanges
     return np.dtype(
         [
             ("seq", "<u8"),
             ("generation", "<u8"),
             ("publish_ts", "<i8"),  # ns, when the aggregator published this book
-            ("records_applied", "<u8"),  # records applied to this symbol so far
-            ("bid_levels", "<u4"),
+            ("records_applied", "<u8"),  # records applied to this instrument so far
+            ("bid_levels", "<u4"),  # rows of ``bids`` in use
             ("ask_levels", "<u4"),
-            *sides,
+            ("bids", "<f8", (depth, FIRST_EXCHANGE + exchanges)),
+            ("asks", "<f8", (depth, FIRST_EXCHANGE + exchanges)),
             # per exchange, indexed by exchange id
+            ("exchange_included", "u1", (exchanges,)),  # 1 = its levels are in this book
             ("exchange_status", "u1", (exchanges,)),  # shm.records.Status
             ("exchange_reason", "<u2", (exchanges,)),  # shm.records.Reason of the last change
             ("exchange_status_since", "<i8", (exchanges,)),  # ns
@@ -61,26 +152,29 @@ def book_slot_dtype(depth: int, exchanges: int) -> np.dtype:
             ("exchange_sequence", "<u8", (exchanges,)),  # last exchange update id applied
             ("exchange_ts", "<i8", (exchanges,)),  # last exchange timestamp seen
             ("exchange_receive_ts", "<i8", (exchanges,)),
+            ("metrics", metrics_dtype(layout)),
+            ("buckets", buckets_dtype(layout)),
         ],
         align=True,
     )
 
 
-def book_payload_size(depth: int, exchanges: int, slots: int) -> int:
-    return CACHE_LINE + slots * book_slot_dtype(depth, exchanges).itemsize
+def book_payload_size(layout: BookLayout) -> int:
+    return CACHE_LINE + layout.slots * book_slot_dtype(layout).itemsize
 
 
 class _BookSegment:
     def __init__(self, segment: Segment) -> None:
-        depth, exchanges, slots = segment.params[:3]
+        self.layout = BookLayout.from_params(segment.params)
         self.segment = segment
         self.name = segment.name
-        self.depth, self.exchanges, self.slot_count = depth, exchanges, slots
-        self.slot_dtype = book_slot_dtype(depth, exchanges)
+        self.depth, self.exchanges, self.slot_count = self.layout.depth, self.layout.exchanges, self.layout.slots
+        self.slot_dtype = book_slot_dtype(self.layout)
         payload = segment.payload
+        self._payload = payload
         self._control = payload[:CACHE_LINE].cast("Q")
-        self.slots = np.frombuffer(payload, dtype=self.slot_dtype, count=slots, offset=CACHE_LINE)
-        self._seqs = [memoryview(self.slots[i : i + 1].view(np.uint64))[:1] for i in range(slots)]
+        self.slots = np.frombuffer(payload, dtype=self.slot_dtype, count=self.slot_count, offset=CACHE_LINE)
+        self._seqs = [memoryview(self.slots[i : i + 1].view(np.uint64))[:1] for i in range(self.slot_count)]
 
     @property
     def generation(self) -> int:
@@ -88,6 +182,7 @@ class _BookSegment:
 
     def close(self) -> None:
         self._control.release()
+        self._payload = None
         self._seqs = []
         self.slots = None
         self.segment.close()
@@ -97,17 +192,15 @@ class BookWriter(_BookSegment):
     """The aggregator's side: fill a slot, then publish it in one step."""
 
     @classmethod
-    def create(
-        cls, name: str, depth: int, exchanges: int, slots: int, owner_pid: int | None = None
-    ) -> "BookWriter":
-        if slots < 2:
+    def create(cls, name: str, layout: BookLayout, owner_pid: int | None = None) -> "BookWriter":
+        if layout.slots < 2:
             raise ValueError("a book needs at least two slots")
         segment = Segment.create(
             name,
             SegmentKind.BOOK,
             LAYOUT_VERSION,
-            book_payload_size(depth, exchanges, slots),
-            params=(depth, exchanges, slots),
+            book_payload_size(layout),
+            params=layout.params,
             owner_pid=owner_pid,
         )
         return cls(segment)
@@ -133,6 +226,7 @@ class BookWriter(_BookSegment):
         seq = self._seqs[generation % self.slot_count]
         seq[0] = seq[0] + 1  # even: the slot is complete (after every data store)
         self._control[0] = generation  # publish (after the slot is complete)
+        wake.wake(self._payload)  # readers asleep in wait_for_publish
         return generation
 
 
@@ -179,3 +273,9 @@ class BookReader(_BookSegment):
             if view.valid():
                 return copy
         raise TimeoutError(f"book {self.name!r}: could not copy a stable book in {retries} tries")
+
+
+def wait_for_publish(books: Sequence[_BookSegment], seen: Sequence[int], timeout_s: float) -> bool:
+    """Sleep until one of ``books`` publishes a generation other than its ``seen`` one (at once
+    if one already has); False after ``timeout_s``. Needs :data:`shm.wake.CAN_WAIT`."""
+    return wake.wait_any([(book._payload, generation) for book, generation in zip(books, seen)], timeout_s)

@@ -3,7 +3,8 @@
 The writer fills every field of a slot from the generation number it is publishing
 (prices, sizes, per-exchange sizes, level counts, per-exchange status…), so a reader can
 tell whether what it read came from ONE publish. A negative control reads the same slots
-without the seqlock protocol and must catch the writer half-way.
+without the seqlock protocol and must catch the writer half-way. A reader asleep on several
+books (a futex on their generations) wakes when another process publishes one of them.
 """
 
 from __future__ import annotations
@@ -13,14 +14,18 @@ import queue
 import time
 
 import numpy as np
+import pytest
 
-from shm.book import BookReader, BookWriter, book_slot_dtype
+from shm import wake
+from shm.book import BookLayout, BookReader, BookWriter, book_slot_dtype, wait_for_publish
 from shm.segment import SegmentKind, segment_name
 
 DEPTH = 400
 EXCHANGES = 16
 SLOTS = 2
+LAYOUT = BookLayout(DEPTH, EXCHANGES, SLOTS)
 READ_SECONDS = 2.5
+MIN_READS = 1000  # a reader goes on past READ_SECONDS (up to 4x) until it has made these
 # Maintained by BookWriter itself, not by the pattern.
 MANAGED_FIELDS = {"seq", "generation", "publish_ts"}
 
@@ -28,40 +33,55 @@ MANAGED_FIELDS = {"seq", "generation", "publish_ts"}
 class BookPattern:
     """Every pattern field of a slot as a function of the generation ``g``.
 
-    Element ``j`` of field number ``i`` holds ``g * (i + 2) + j`` (integer fields wrap
-    modulo their type) and the level counts vary with ``g``, so any two generations
-    differ in every field.
+    Fields are the slot's leaves (those of the ``metrics`` and ``buckets`` records included), each named
+    by its path. Element ``j`` of field number ``i`` holds ``g * (i + 2) + j`` (integer
+    fields wrap modulo their type) and the level counts vary with ``g``, so any two
+    generations differ in every field.
     """
 
     def __init__(self, slot_dtype: np.dtype) -> None:
-        self.fields = [name for name in slot_dtype.names if name not in MANAGED_FIELDS]
-        self.slot_offsets = {name: slot_dtype.fields[name][1] for name in self.fields}
-        self.dtypes = {name: slot_dtype.fields[name][0] for name in self.fields}
-        self.factors = {name: index + 2 for index, name in enumerate(self.fields)}
+        leaves = []
+        for name in slot_dtype.names:
+            dtype, offset = slot_dtype.fields[name][:2]
+            if dtype.names:
+                leaves += [((name, sub), dtype.fields[sub][0], offset + dtype.fields[sub][1]) for sub in dtype.names]
+            elif name not in MANAGED_FIELDS:
+                leaves.append(((name,), dtype, offset))
+        self.fields = [path for path, _, _ in leaves]
+        self.slot_offsets = {path: offset for path, _, offset in leaves}
+        self.dtypes = {path: dtype for path, dtype, _ in leaves}
+        self.factors = {path: index + 2 for index, path in enumerate(self.fields)}
         self.offsets = {
-            name: np.arange(int(np.prod(dtype.shape)), dtype=np.int64).reshape(dtype.shape)
-            for name, dtype in self.dtypes.items()
+            path: np.arange(int(np.prod(dtype.shape)), dtype=np.int64).reshape(dtype.shape)
+            for path, dtype in self.dtypes.items()
         }
 
-    def value(self, name: str, generation: int) -> np.ndarray:
-        if name == "bid_levels":
+    def value(self, path: tuple[str, ...], generation: int) -> np.ndarray:
+        if path == ("bid_levels",):
             return np.array(1 + generation % DEPTH)
-        if name == "ask_levels":
+        if path == ("ask_levels",):
             return np.array(1 + (generation * 7) % DEPTH)
-        return (self.offsets[name] + generation * self.factors[name]).astype(self.dtypes[name].base)
+        return (self.offsets[path] + generation * self.factors[path]).astype(self.dtypes[path].base)
 
-    def fill(self, slot: np.void, generation: int, fields: list[str]) -> None:
+    @staticmethod
+    def parent(slot: np.void, path: tuple[str, ...]) -> np.void:
+        return slot if len(path) == 1 else slot[path[0]]
+
+    def fill(self, slot: np.void, generation: int, fields: list[tuple[str, ...]]) -> None:
         """Write the pattern straight into the slot (no staging copy: the slot is busy longest)."""
-        for name in fields:
-            if self.dtypes[name].shape:
-                np.add(self.offsets[name], generation * self.factors[name], out=slot[name], casting="unsafe")
+        for path in fields:
+            parent = self.parent(slot, path)
+            if self.dtypes[path].shape:
+                np.add(self.offsets[path], generation * self.factors[path], out=parent[path[-1]], casting="unsafe")
             else:
-                slot[name] = self.value(name, generation)
+                parent[path[-1]] = self.value(path, generation)
 
     def torn(self, slot: np.void) -> bool:
         """True unless every pattern field matches the slot's own ``generation``."""
         generation = int(slot["generation"])
-        return any(not np.array_equal(slot[name], self.value(name, generation)) for name in self.fields)
+        return any(
+            not np.array_equal(self.parent(slot, path)[path[-1]], self.value(path, generation)) for path in self.fields
+        )
 
 
 def rewrite_book(name: str, stop, started) -> None:
@@ -83,7 +103,8 @@ def rewrite_book(name: str, stop, started) -> None:
 
 
 def read_book(name: str, mode: str, seconds: float, results) -> None:
-    """Read in a tight loop for ``seconds``; count reads, retries and torn books accepted.
+    """Read in a tight loop for ``seconds`` and at least MIN_READS reads (a loaded host may
+    give the reader little CPU), at most 4 x ``seconds``; count reads, retries and torn books.
 
     ``snapshot``: BookReader.snapshot() (its retries counted through ``view``).
     ``view``: view(), check in place, then valid(). Negative controls: ``unvalidated``
@@ -102,8 +123,9 @@ def read_book(name: str, mode: str, seconds: float, results) -> None:
         return take_view(*args)
 
     reader.view = counted_view
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
+    started = time.monotonic()
+    deadline, cap = started + seconds, started + 4 * seconds
+    while (now := time.monotonic()) < deadline or (reads < MIN_READS and now < cap):
         if mode == "snapshot":
             try:
                 book = reader.snapshot()
@@ -133,14 +155,14 @@ def read_book(name: str, mode: str, seconds: float, results) -> None:
 
 def run_readers(instance: str, spawn, modes: list[str]) -> tuple[dict[str, dict], int]:
     name = segment_name(instance, SegmentKind.BOOK, "BTC-USDT")
-    book = BookWriter.create(name, DEPTH, EXCHANGES, SLOTS)
+    book = BookWriter.create(name, LAYOUT)
     context = mp.get_context("spawn")
     stop, started, results = context.Event(), context.Event(), context.Queue()
     writer = spawn(rewrite_book, name, stop, started)
     assert started.wait(30), "writer did not start"
     readers = [spawn(read_book, name, mode, READ_SECONDS, results) for mode in modes]
     reports = {}
-    deadline = time.monotonic() + READ_SECONDS + 30
+    deadline = time.monotonic() + 4 * READ_SECONDS + 30
     while len(reports) < len(readers):
         try:
             report = results.get(timeout=0.5)
@@ -163,13 +185,16 @@ def run_readers(instance: str, spawn, modes: list[str]) -> tuple[dict[str, dict]
 
 def test_pattern_detects_a_single_foreign_value():
     """The checker itself: one element from another generation makes a book torn."""
-    slot = np.zeros(1, book_slot_dtype(DEPTH, EXCHANGES))[0]
+    slot = np.zeros(1, book_slot_dtype(LAYOUT))[0]
     pattern = BookPattern(slot.dtype)
     slot["generation"] = 41
     pattern.fill(slot, 41, pattern.fields)
     assert not pattern.torn(slot)
-    assert pattern.value("bid_price", 41)[0] == 41 * pattern.factors["bid_price"]
-    slot["bid_exchange_size"][DEPTH - 1, EXCHANGES - 1] = pattern.value("bid_exchange_size", 43)[-1, -1]
+    assert pattern.value(("bids",), 41)[0, 0] == 41 * pattern.factors[("bids",)]
+    slot["bids"][DEPTH - 1, -1] = pattern.value(("bids",), 43)[-1, -1]
+    assert pattern.torn(slot)
+    pattern.fill(slot, 41, pattern.fields)
+    slot["buckets"]["ask_abs_exchange_size"][0, 0] = 0.5
     assert pattern.torn(slot)
 
 
@@ -178,7 +203,7 @@ def test_seqlock_readers_never_accept_a_torn_book(instance, spawn):
     print(f"\n{published:,} books published; readers: {reports}")
     for mode, report in reports.items():
         assert report["torn"] == 0, f"{mode} reader accepted {report['torn']} torn books"
-        assert report["reads"] > 1000, f"{mode} reader made only {report['reads']} reads"
+        assert report["reads"] >= MIN_READS, f"{mode} reader made only {report['reads']} reads"
         assert report["distinct_generations"] > 50, f"{mode} reader saw the writer stand still"
     assert published > 1000
 
@@ -192,6 +217,36 @@ def test_reading_without_the_seqlock_does_see_torn_books(instance, spawn):
     reports, published = run_readers(instance, spawn, ["raw", "unvalidated"])
     print(f"\n{published:,} books published; unprotected readers: {reports}")
     for mode, report in reports.items():
-        assert report["reads"] > 1000, f"{mode} reader made only {report['reads']} reads"
+        assert report["reads"] >= MIN_READS, f"{mode} reader made only {report['reads']} reads"
         # Typically thousands of torn books per run here; none means the check is blind.
         assert report["torn"] > 0, f"{mode} reader saw no torn book: the torn-book check cannot fail"
+
+
+def publish_later(name: str, delay_s: float, count: int) -> None:
+    """Publish ``count`` books into segment ``name`` after ``delay_s``, as the aggregator does."""
+    writer = BookWriter.attach(name)
+    time.sleep(delay_s)
+    for _ in range(count):
+        writer.end(writer.begin())
+    writer.close()
+
+
+@pytest.mark.skipif(not wake.CAN_WAIT, reason="no futex_waitv here (or shm._wake not built)")
+def test_a_reader_asleep_on_books_wakes_when_another_process_publishes(instance, spawn) -> None:
+    names = [segment_name(instance, SegmentKind.BOOK, symbol) for symbol in ("A/USDT", "B/USDT")]
+    writers = [BookWriter.create(name, BookLayout(4, 2, 2)) for name in names]
+    readers = [BookReader.attach(name) for name in names]
+    try:
+        seen = [int(reader.generation) for reader in readers]
+        started = time.monotonic()
+        assert not wait_for_publish(readers, seen, 0.2)  # nothing published: the timeout
+        assert time.monotonic() - started >= 0.19
+        assert wait_for_publish(readers, [seen[0], seen[1] + 1], 5.0)  # one already differs: at once
+        spawn(publish_later, names[1], 0.3, 1)
+        started = time.monotonic()
+        assert wait_for_publish(readers, seen, 10.0)
+        assert readers[1].generation == seen[1] + 1 and readers[0].generation == seen[0]
+        assert time.monotonic() - started < 5.0
+    finally:
+        for handle in (*readers, *writers):
+            handle.close()
