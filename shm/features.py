@@ -12,15 +12,18 @@ values and timestamp, store ``row_seq[i] = n`` for both, then ``rows_written = n
 Reader: load ``rows_written`` ``n``, view rows ``n-K+1 … n``, read them, then check that
 ``row_seq`` of the first and last row are still ``n-K+1`` and ``n`` (a row is only ever
 overwritten by a newer one, so first-and-last intact means all intact). Ordering is
-``shm.ordering`` point 2: data before sequence, sequence before the count.
+``shm.ordering`` point 2: data before sequence, sequence before the count. After storing the
+count the writer wakes readers asleep on it (:mod:`shm.wake`, :meth:`FeatureReader.wait_for_row`).
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
 
+from shm import wake
 from shm.segment import CACHE_LINE, Segment, SegmentKind
 
 LAYOUT_VERSION = 1
@@ -37,6 +40,7 @@ class _FeatureSegment:
         self.name = segment.name
         self.rows, self.width, self.schema_version = rows, width, schema_version
         payload = segment.payload
+        self._payload = payload
         self._control = payload[:CACHE_LINE].cast("Q")
         offset = CACHE_LINE
         self.row_seq = np.frombuffer(payload, np.uint64, 2 * rows, offset)
@@ -51,6 +55,7 @@ class _FeatureSegment:
 
     def close(self) -> None:
         self._control.release()
+        self._payload = None
         self.row_seq = self.row_ts = self.values = None
         self.segment.close()
 
@@ -89,6 +94,7 @@ class FeatureWriter(_FeatureSegment):
         row_seq[low] = number
         row_seq[high] = number
         self._control[0] = number
+        wake.wake(self._payload)  # readers asleep in wait_for_row
         return number
 
 
@@ -112,6 +118,18 @@ class FeatureReader(_FeatureSegment):
     @classmethod
     def attach(cls, name: str) -> "FeatureReader":
         return cls(Segment.attach(name, SegmentKind.FEATURES, LAYOUT_VERSION, writable=False))
+
+    def wait_for_row(self, after_seq: int, timeout_s: float) -> int | None:
+        """Sleep until a row newer than ``after_seq`` is complete and return the newest row's
+        sequence, or None after ``timeout_s``: one futex wake-up from the writer's append, no
+        message (needs :data:`shm.wake.CAN_WAIT`; otherwise wait on the features doorbell)."""
+        deadline = time.monotonic() + timeout_s
+        while (newest := int(self._control[0])) <= after_seq:
+            left = deadline - time.monotonic()
+            if left <= 0.0:
+                return None
+            wake.wait_any([(self._payload, newest)], left)
+        return newest
 
     def latest(self, count: int) -> FeatureWindow:
         """The newest ``min(count, rows_written, T)`` rows, in order, without copying."""

@@ -1,7 +1,9 @@
 """shm.features: zero-copy (K, F) windows across the wrap, consistent under a flat-out writer.
 
 Row number ``n`` holds values derived from ``n`` alone, so a reader can check that a
-window it accepted (``valid()``) is made of exactly the rows it claims, in order.
+window it accepted (``valid()``) is made of exactly the rows it claims, in order. A reader
+asleep on a tensor wakes when another process appends; the features actor writes a row for
+each new book whether the book segments (futex) or the bus wake it.
 """
 
 from __future__ import annotations
@@ -11,7 +13,9 @@ import time
 
 import numpy as np
 import pytest
+import zmq
 
+from shm import wake
 from shm.features import FeatureReader, FeatureWriter
 from shm.segment import SegmentKind, segment_name
 
@@ -101,8 +105,10 @@ def test_reader_in_another_process_only_accepts_consistent_windows(instance, spa
 
     rng = np.random.default_rng(5)
     accepted = rejected = wrapped = inconsistent = mixed_among_rejected = 0
-    deadline = time.monotonic() + READ_SECONDS
-    while time.monotonic() < deadline:
+    started_at = time.monotonic()
+    deadline, cap = started_at + READ_SECONDS, started_at + 4 * READ_SECONDS
+    # Past READ_SECONDS only while too few windows were seen (a loaded host starves the reader).
+    while (now := time.monotonic()) < deadline or ((accepted <= 1000 or wrapped <= 100) and now < cap):
         count = int(rng.integers(1, ROWS + 1))
         window = reader.latest(count)
         values, timestamps, sequences = window.values.copy(), window.timestamps.copy(), window.sequences.copy()
@@ -132,3 +138,61 @@ def test_reader_in_another_process_only_accepts_consistent_windows(instance, spa
     assert rows > 10 * ROWS, "the writer hardly ran"
     reader.close()
     writer.close()
+
+
+def append_later(name: str, delay_s: float) -> None:
+    writer = FeatureWriter.attach(name)
+    time.sleep(delay_s)
+    append_rows(writer, 1)
+    writer.close()
+
+
+@pytest.mark.skipif(not wake.CAN_WAIT, reason="no futex_waitv here (or shm._wake not built)")
+def test_a_reader_asleep_on_the_tensor_wakes_when_another_process_appends(instance, spawn):
+    writer = new_writer(instance)
+    reader = FeatureReader.attach(writer.name)
+    append_rows(writer, 2)
+    assert reader.wait_for_row(1, 5.0) == 2  # already there: at once
+    started = time.monotonic()
+    assert reader.wait_for_row(2, 0.2) is None and time.monotonic() - started >= 0.19
+    spawn(append_later, writer.name, 0.3)
+    assert reader.wait_for_row(2, 10.0) == 3
+    reader.close()
+    writer.close()
+
+
+@pytest.mark.parametrize("futex", ["on", "off"])
+def test_the_features_actor_writes_a_row_for_each_new_book_woken_either_way(futex, monkeypatch):
+    """With futexes the actor sleeps on the book segments; with ``COBY_FUTEX=off`` (as without
+    the extension) the aggregator's ``book.<symbol>`` bus message wakes it."""
+    from engine import bus
+    from engine.actor import ActorSpec
+    from engine.client import attach
+    from engine.supervisor import Supervisor
+    from shm.book import BookWriter
+    from tests.book_support import CraftedBooks
+    from tests.engine_support import engine_config, running, unique_instance, wait_for
+
+    monkeypatch.setenv("COBY_FUTEX", futex)  # inherited by the actor's process
+    instance = unique_instance("fw")
+    config = engine_config(instance, {"features": {"min_interval_ms": 1, "max_interval_ms": 60000}})
+    specs = [ActorSpec("features", "features", "actors.features:FeaturesActor", -1)]
+    with running(Supervisor(config, specs)) as supervisor:
+        wait_for(lambda: supervisor.status()["actors"][0]["state"] == "running", what="features running")
+        client = attach(instance)
+        writer = BookWriter.attach(client.directory["segments"]["books"]["BTC/USDT"])
+        crafted = CraftedBooks.__new__(CraftedBooks)  # crafted books into the engine's own segment
+        crafted.writer, crafted.exchanges = writer, writer.exchanges
+        publisher = bus.Publisher(zmq.Context.instance(), client.directory["endpoints"]["bus_publish"])
+        time.sleep(0.5)  # the bus subscription is up
+        tensor = client.feature_tensor("BTC/USDT")
+        for step in range(3):
+            written = int(tensor.rows_written)
+            generation = crafted.publish([(100.0 - step, {0: 1.0})], [(101.0, {0: 2.0})])
+            publisher.publish("book.BTC/USDT", {"symbol": "BTC/USDT", "generation": generation})
+            wait_for(lambda: int(tensor.rows_written) > written, what=f"a row for book {generation}")
+            published = int(writer.slots[generation % writer.slot_count]["publish_ts"])
+            assert int(tensor.latest(1).timestamps[-1]) == published
+        publisher.close()
+        writer.close()
+        client.close()
