@@ -138,6 +138,11 @@ ENDPOINT_RULE = Rule(
     f"tcp://host:port (port 0-65535) or ipc://path (at most {MAX_IPC_PATH_BYTES} bytes)", _is_endpoint
 )
 LOOPBACK_HOST_RULE = Rule("a loopback host (127.0.0.1, ::1 or localhost)", is_loopback_host)
+INSTRUMENT_NAME_RULE = Rule(
+    "a canonical symbol or an `instruments` name",
+    lambda value: CANONICAL_SYMBOL.fullmatch(value) is not None
+    or re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9*._-]{0,39}", value) is not None,
+)
 PORT_RULE = between(0, 65535)
 POSITIVE = greater_than(0)
 
@@ -305,6 +310,10 @@ class ActorSettings(Section):
             )
 
 
+SPOT = ("BTC/USDT", "ETH/USDT", "SOL/USDT")
+PERPETUALS = ("BTC/USDT:PERP", "ETH/USDT:PERP")
+
+
 @dataclass(frozen=True, slots=True)
 class ExchangeConfig(Section):
     """One exchange's connector: what it subscribes to and how it talks to the exchange."""
@@ -355,10 +364,83 @@ class BucketsConfig(Section):
     bps: float = setting(1.0, "Width of relative buckets in basis points of the mid price.", POSITIVE)
     absolute: FrozenMap[str, float] = setting(
         FrozenMap({"BTC/USDT": 10.0, "ETH/USDT": 1.0}),
-        "Absolute bucket width in quote currency per symbol; every symbol must be listed under an exchange.",
-        POSITIVE, keys=CANONICAL_SYMBOL_RULE, entry="symbol",
+        "Absolute bucket width in quote currency per instrument (a symbol listed under an exchange, or an "
+        "`instruments` entry); instruments not listed have relative buckets only.",
+        POSITIVE, keys=INSTRUMENT_NAME_RULE, entry="instrument",
     )
-    refresh_ms: int = setting(100, "Milliseconds between two bucket recomputations.", between(1, 60000))
+    refresh_ms: int = setting(
+        100, "Milliseconds between two recomputations of the buckets and metrics of a changed book (clients "
+        "can also compute both on demand from any snapshot).", between(1, 60000),
+    )
+    bps_count: int = setting(100, "Relative buckets per side, from the mid outwards.", between(1, 10000))
+    absolute_count: int = setting(
+        200, "Absolute buckets (fixed price bins) published around the mid, both sides together.", between(2, 10000)
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsConfig(Section):
+    """Parameters of the microstructure metrics (docs/metrics.md defines each metric)."""
+
+    imbalance_bps: tuple[float, ...] = setting(
+        (10.0, 50.0, 100.0), "Distances from the mid (bp) within which liquidity imbalance is measured.", POSITIVE
+    )
+    depth_steps_bps: tuple[float, ...] = setting(
+        (1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0), "Distances from the mid (bp) of the cumulative depth distribution.",
+        POSITIVE,
+    )
+    dominance_bps: float = setting(10.0, "Exchange dominance is each exchange's share of the size within this "
+                                         "distance of the mid (bp).", POSITIVE)
+    liquidity_decay_bps: float = setting(
+        10.0, "A level's liquidity score is its notional times exp(-distance / this), distance in bp from the mid.",
+        POSITIVE,
+    )
+
+    def _check(self, key: str) -> None:
+        for name in ("imbalance_bps", "depth_steps_bps"):
+            values = getattr(self, name)
+            if not values or list(values) != sorted(set(values)):
+                raise _value_error(f"{key}.{name}", list(values), "a non-empty list of increasing distances")
+
+
+CURRENCY_RULE = _fullmatch(r"[A-Z0-9]{1,20}", "a currency code (upper case letters and digits)")
+CONVERSION_RULE = _fullmatch(
+    r"1:1|[a-z_]+:[A-Z0-9]{1,20}/[A-Z0-9]{1,20}", "`1:1` or `<exchange>:<BASE/QUOTE>` (a book whose mid is the rate)"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class InstrumentConfig(Section):
+    """A synthetic instrument: several markets consolidated into one book, like Bookmap's Multibook.
+
+    Every configured symbol is already an instrument of its own across the exchanges that list it
+    (`BTC/USDT:PERP` groups the USDT perpetuals); these add combinations such as `BTC-USD*` = BTC/USD +
+    BTC/USDT + BTC/USDC spot.
+    """
+
+    markets: tuple[str, ...] = setting(
+        (), "Canonical symbols that feed it, on every allowed exchange listing them.", CANONICAL_SYMBOL_RULE
+    )
+    exchanges: tuple[str, ...] = setting((), "Exchanges whose markets feed it; empty allows every exchange.",
+                                         one_of(KNOWN_EXCHANGES))
+    quote: str = setting("USD", "Currency the instrument's prices are in.", CURRENCY_RULE)
+    convert: FrozenMap[str, str] = setting(
+        FrozenMap(), "Per other quote currency of its markets: `1:1` (prices taken as they are), or "
+        "`<exchange>:<CUR/QUOTE>`, a book under that exchange whose mid converts prices (levels then land on "
+        "`tick`, bids rounded down and asks up).", CONVERSION_RULE, keys=CURRENCY_RULE, entry="currency",
+    )
+    tick: float = setting(0.01, "Price grid of the levels of markets converted at a live rate.", POSITIVE)
+
+    def _check(self, key: str) -> None:
+        if not self.markets:
+            raise _value_error(f"{key}.markets", [], "at least one market")
+        for market in self.markets:
+            quote = market.split("/")[1].split(":")[0]
+            if quote != self.quote and quote not in self.convert:
+                raise _value_error(
+                    f"{key}.convert", dict(self.convert),
+                    f"an entry for {quote} (market {market} is not quoted in {self.quote})",
+                )
 
 
 @dataclass(frozen=True, slots=True)
@@ -374,6 +456,104 @@ class StorageConfig(Section):
         "postgresql://127.0.0.1:5432/test", "PostgreSQL connection string, used when `backend` is `postgres`.",
         _fullmatch(r"postgres(ql)?://\S*", "a postgresql:// or postgres:// URL"),
     )
+    enabled: bool = setting(
+        True, "Run the storage actor: every book event, trade, bar, feature row, signal and status change is stored."
+    )
+    feed_records: int = setting(
+        1048576, "Records of the aggregator → storage ring (64 bytes each): how long storage may stall at full "
+        "rate before events are lost (it spools to disk while the database is away, so only a stalled storage "
+        "process fills it).", power_of_two_between(1024, 16777216),
+    )
+    flush_ms: int = setting(200, "Storage writes what it has at least this often.", between(10, 60000))
+    batch_records: int = setting(
+        20000, "Storage writes sooner once this many book events are waiting.", between(100, 10000000)
+    )
+    snapshot_interval_ms: int = setting(
+        1000, "Cadence of the stored consolidated snapshots (top levels and buckets) per instrument; 0: none.",
+        between(0, 3600000),
+    )
+    snapshot_depth: int = setting(50, "Consolidated levels per side in a stored snapshot.", between(1, 100000))
+    spool_dir: str = setting(
+        "", "Where batches wait while the database is down or slow (one engine instance per directory); empty "
+        "means `<engine.data_dir>/spool/<engine.instance>` (filled in at load).",
+    )
+    spool_fsync: Literal["always", "interval", "never"] = setting(
+        "interval", "`always`: fsync every spooled batch (nothing acknowledged is lost on a power cut); "
+        "`interval`: at most every `storage.spool_fsync_ms` (a power cut loses at most that much); `never`: "
+        "the OS decides (a process crash loses nothing, a power cut may lose minutes).",
+    )
+    spool_fsync_ms: int = setting(200, "The `interval` fsync cadence.", between(1, 60000))
+    spool_max_bytes: int = setting(
+        10 * 2**30, "Disk the spool may use; past it storage stops taking events (they wait in the feed, then "
+        "are lost and counted) and says so.", between(2**20, 2**50),
+    )
+    retention_days: FrozenMap[str, float] = setting(
+        FrozenMap({}), "Days of data kept per table (book_events, trades, ohlcv, consolidated_snapshots, "
+        "features, signals, status_events); a table not named, or 0, keeps everything.",
+        between(0, 36500), _fullmatch(r"book_events|trades|ohlcv|consolidated_snapshots|features|signals|"
+                                       r"status_events", "a stored table's name"), entry="<table>",
+    )
+
+
+API_TOKEN_RULE = _fullmatch(r"(\S{16,256})?", "empty, or 16 to 256 characters without spaces")
+
+
+@dataclass(frozen=True, slots=True)
+class ApiConfig(Section):
+    """The api actor: the heatmap dashboard, the HTTP API, /health and /metrics (docs/api.md)."""
+
+    enabled: bool = setting(True, "Run the api actor.")
+    host: str = setting(
+        "127.0.0.1", "Interface to listen on. Loopback unless `api.allow_public` is true (then a token is "
+        "required).", Rule("a host name or IP address", lambda value: re.fullmatch(r"[A-Za-z0-9.:_-]{1,253}", value)
+                           is not None),
+    )
+    port: int = setting(7810, "TCP port of the dashboard and API; 0 picks a free port (logged at start).", PORT_RULE)
+    allow_public: bool = setting(
+        False, "Allow a non-loopback `api.host`; refused otherwise so the API never listens on a public interface "
+        "by accident. Requires `api.token`.",
+    )
+    token: str = setting(
+        "", "Access token. When set, every request needs it (`Authorization: Bearer <token>`, or `?token=` for a "
+        "browser); required when `api.allow_public` is true. Prefer COBY_API__TOKEN over writing it in a file.",
+        API_TOKEN_RULE,
+    )
+    update_ms: int = setting(
+        100, "Cadence of heatmap columns per instrument (the bucket cadence: 100 ms = 10 updates/s).",
+        between(20, 10000),
+    )
+    heatmap_rows: int = setting(
+        256, "Price rows of a heatmap column (the window sent to dashboards, re-centred as the mid moves).",
+        between(16, 4096),
+    )
+    price_steps: FrozenMap[str, float] = setting(
+        FrozenMap({}), "Heatmap row height in quote currency per instrument; an instrument not listed gets a round "
+        "step chosen from its first two-sided book (its published levels then fill about 3/4 of the rows).",
+        POSITIVE, keys=INSTRUMENT_NAME_RULE, entry="instrument",
+    )
+    history_s: float = setting(
+        120.0, "Seconds of heatmap history kept per instrument and sent to a dashboard when it opens one.",
+        between(0.0, 3600.0),
+    )
+    ladder_ms: int = setting(250, "Cadence of the consolidated ladder sent to dashboards.", between(20, 10000))
+    max_clients: int = setting(64, "Dashboard WebSocket connections served at once; more are refused (503).",
+                               between(1, 10000))
+    client_buffer_bytes: int = setting(
+        1048576, "Bytes a dashboard may have waiting to be sent; past it its columns are skipped and it gets a "
+        "keyframe once it has caught up.", between(16384, 1073741824),
+    )
+
+    def _check(self, key: str) -> None:
+        if not is_loopback_host(self.host) and not self.allow_public:
+            raise _value_error(
+                f"{key}.host", self.host, f"a loopback host (127.0.0.1, ::1 or localhost) unless {key}.allow_public "
+                "is true (and then with a token)",
+            )
+        if self.allow_public and not self.token:
+            raise _value_error(
+                f"{key}.token", "", f"a token of 16 or more characters when {key}.allow_public is true (set "
+                "COBY_API__TOKEN)",
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -406,6 +586,8 @@ class SimulatorConfig(Section):
             "BTC/USDT": SimulatedSymbol(mid=60000.0, tick=0.01, lot=0.00001, order_size=0.05),
             "ETH/USDT": SimulatedSymbol(mid=3000.0, tick=0.01, lot=0.0001, order_size=0.5, volatility=0.0002),
             "SOL/USDT": SimulatedSymbol(mid=150.0, tick=0.01, lot=0.001, order_size=5.0, volatility=0.0003),
+            "BTC/USDT:PERP": SimulatedSymbol(mid=60000.0, tick=0.1, lot=0.001, order_size=0.05),
+            "ETH/USDT:PERP": SimulatedSymbol(mid=3000.0, tick=0.01, lot=0.01, order_size=0.5, volatility=0.0002),
         }),
         "Simulated symbols and their market.", keys=CANONICAL_SYMBOL_RULE, entry="symbol",
     )
@@ -413,11 +595,142 @@ class SimulatorConfig(Section):
 
 
 @dataclass(frozen=True, slots=True)
+class FeaturesConfig(Section):
+    """The features actor: rows of the CNN and RL feature tensors (docs/features.md defines every column)."""
+
+    min_interval_ms: int = setting(
+        10, "A symbol gets a row at most this often; a book published sooner waits, and its row then holds the "
+        "newest book.", between(0, 60000),
+    )
+    max_interval_ms: int = setting(
+        100, "A symbol gets a row at least this often once it has a book, also without a new one (time-based "
+        "values such as the book's age move on); at least `features.min_interval_ms`.", between(1, 60000),
+    )
+    normalisation_half_life_s: float = setting(
+        300.0, "Half-life, in seconds, of the exponentially weighted mean and variance behind every z-score "
+        "(computed from earlier rows only).", POSITIVE,
+    )
+    fast_half_life_s: float = setting(
+        5.0, "Half-life of the fast averages of the RL market state (realised volatility, imbalance, update "
+        "rate).", POSITIVE,
+    )
+    slow_half_life_s: float = setting(
+        60.0, "Half-life of the slow averages of the RL market state; at least `features.fast_half_life_s`.",
+        POSITIVE,
+    )
+    z_clip: float = setting(5.0, "Every z-score is clipped to ±this.", between(1.0, 100.0))
+    warmup_rows: int = setting(
+        20, "Rows a statistic needs before its z-scores are used; until then they are 0.", between(1, 1000000)
+    )
+
+    def _check(self, key: str) -> None:
+        if self.max_interval_ms < self.min_interval_ms:
+            raise _value_error(
+                f"{key}.max_interval_ms", self.max_interval_ms, f"at least {key}.min_interval_ms ({self.min_interval_ms})"
+            )
+        if self.slow_half_life_s < self.fast_half_life_s:
+            raise _value_error(
+                f"{key}.slow_half_life_s", self.slow_half_life_s,
+                f"at least {key}.fast_half_life_s ({self.fast_half_life_s})",
+            )
+
+
+TAKER_FEES_BPS = {  # base-tier public taker fees, in basis points
+    "binance": 10.0, "binance_futures": 5.0, "coinbase": 60.0, "kraken": 40.0, "htx": 20.0, "bitfinex": 20.0,
+    "okx": 10.0, "bybit": 10.0, "kucoin": 10.0, "bitstamp": 40.0, "gateio": 20.0,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class SignalsConfig(Section):
+    """The signals actor: imbalance, executable cross-exchange arbitrage and liquidity anomalies (docs/signals.md)."""
+
+    min_interval_ms: int = setting(10, "A symbol's book is evaluated at most this often.", between(0, 60000))
+    update_ms: int = setting(
+        250, "A signal that lasts is published again (state `update`) at most this often.", between(1, 600000)
+    )
+    recent: int = setting(
+        1000, "Signals kept per symbol for `Engine.recent_signals`.", between(1, 1000000)
+    )
+    taker_fee_bps: FrozenMap[str, float] = setting(
+        FrozenMap(TAKER_FEES_BPS), "Taker fee per exchange in basis points (base-tier public schedules; set your "
+        "own tier). An arbitrage is executable only when the bid, less the selling venue's fee, exceeds the ask "
+        "plus the buying venue's fee.", between(0.0, 1000.0), keys=one_of(KNOWN_EXCHANGES), entry="exchange",
+    )
+    arbitrage_min_net_bps: float = setting(
+        0.0, "An arbitrage must earn more than this, net of both taker fees (bp of the mid).", between(0.0, 1000.0)
+    )
+    arbitrage_levels: int = setting(
+        50, "Consolidated levels per side walked to size an arbitrage.", between(1, 100000)
+    )
+    arbitrage_grace_ms: int = setting(
+        200, "An arbitrage missing from the book stays open this long before it is closed (a touch flickering "
+        "between two updates does not end it).", between(0, 600000),
+    )
+    arbitrage_confirm_ms: int = setting(
+        500, "An arbitrage's confidence reaches its edge factor once it has lasted this long.", between(1, 600000)
+    )
+    arbitrage_full_edge_bps: float = setting(
+        5.0, "Net edge (bp) at which an arbitrage's edge factor reaches 1.", POSITIVE
+    )
+    imbalance_bps: float = setting(
+        10.0, "The imbalance watched: the one of `metrics.imbalance_bps` closest to this distance (bp).", POSITIVE
+    )
+    imbalance_threshold: float = setting(
+        0.6, "An imbalance signal opens when |imbalance| stays at or above this.", between(0.01, 0.99)
+    )
+    imbalance_min_duration_ms: int = setting(
+        500, "… for at least this long; it closes when |imbalance| falls below half the threshold.",
+        between(0, 600000),
+    )
+    anomaly_depth_bps: tuple[float, ...] = setting(
+        (10.0, 50.0), "Depth watched for anomalies: each side's depth within the step of `metrics.depth_steps_bps` "
+        "closest to each of these distances (bp).", POSITIVE,
+    )
+    anomaly_wall_bps: float = setting(
+        20.0, "Bucket liquidity watched for anomalies: each side's largest wall, the most size in two adjacent "
+        "relative buckets within this distance (bp).", POSITIVE,
+    )
+    anomaly_z: float = setting(
+        5.0, "An anomaly opens when a watched value's log-space z-score against its baseline stays at ±this or "
+        "beyond …",
+        between(1.0, 100.0),
+    )
+    anomaly_exit_z: float = setting(
+        2.0, "… and closes when it is back within ±this; at most `signals.anomaly_z`.", between(0.0, 100.0)
+    )
+    anomaly_min_duration_ms: int = setting(
+        300, "An anomaly opens only once its value has stayed beyond `signals.anomaly_z` this long (a market "
+        "order that sweeps the touch for one update is not one).", between(0, 600000),
+    )
+    anomaly_min_log_std: float = setting(
+        0.25, "Floor of a baseline's standard deviation in log space: with the defaults (0.25, `anomaly_z` 5) a "
+        "value must move by a factor of e^1.25 ≈ 3.5 (fall by 72 %, or grow 3.5-fold) to count.", POSITIVE,
+    )
+    baseline_half_life_s: float = setting(
+        60.0, "Half-life of the rolling baselines (exponentially weighted by time; frozen while an anomaly is "
+        "open).", POSITIVE,
+    )
+    warmup_s: float = setting(
+        5.0, "Seconds of baseline a symbol needs before anomalies are reported.", between(0.0, 86400.0)
+    )
+    anomaly_max_s: float = setting(
+        60.0, "An anomaly open this long is closed and its baseline restarts: the book has changed for good.",
+        POSITIVE,
+    )
+
+    def _check(self, key: str) -> None:
+        if self.anomaly_exit_z > self.anomaly_z:
+            raise _value_error(f"{key}.anomaly_exit_z", self.anomaly_exit_z, f"at most {key}.anomaly_z ({self.anomaly_z})")
+
+
+@dataclass(frozen=True, slots=True)
 class Config(Section):
     """The whole engine configuration; build it with load_config() so it is validated.
 
-    engine.runtime_dir and storage.sqlite_path are filled in from their documented defaults when empty,
-    at construction: after dataclasses.replace() on engine.instance or engine.data_dir, clear them again.
+    engine.runtime_dir, storage.sqlite_path and storage.spool_dir are filled in from their documented
+    defaults when empty, at construction: after dataclasses.replace() on engine.instance or
+    engine.data_dir, clear them again.
     """
 
     engine: EngineConfig = setting(EngineConfig(), "Identity of this engine instance, its logging and its files.")
@@ -439,17 +752,42 @@ class Config(Section):
     )
     exchanges: FrozenMap[str, ExchangeConfig] = setting(
         FrozenMap({
-            "binance": ExchangeConfig(
-                symbols=("BTC/USDT", "ETH/USDT", "SOL/USDT"),
-                ws_url="wss://stream.binance.com:9443",
-                rest_url="https://api.binance.com",
-            ),
+            name: ExchangeConfig(symbols=symbols, ws_url=ws_url, rest_url=rest_url, **extra)
+            for name, symbols, ws_url, rest_url, extra in (
+                ("binance", SPOT, "wss://stream.binance.com:9443", "https://api.binance.com", {}),
+                ("binance_futures", PERPETUALS, "wss://fstream.binance.com", "https://fapi.binance.com", {}),
+                ("coinbase", SPOT, "wss://ws-feed.exchange.coinbase.com", "https://api.exchange.coinbase.com", {}),
+                ("kraken", SPOT, "wss://ws.kraken.com/v2", "https://api.kraken.com", {}),
+                ("htx", SPOT, "wss://api.huobi.pro/feed", "https://api.huobi.pro", {}),
+                ("bitfinex", SPOT, "wss://api-pub.bitfinex.com/ws/2", "https://api-pub.bitfinex.com", {}),
+                ("okx", SPOT + PERPETUALS, "wss://ws.okx.com:8443/ws/v5/public", "https://www.okx.com", {}),
+                ("bybit", SPOT + PERPETUALS, "wss://stream.bybit.com/v5/public", "https://api.bybit.com", {}),
+                ("kucoin", SPOT, "", "https://api.kucoin.com", {"snapshot_depth": 100}),
+                ("bitstamp", SPOT[:2], "wss://ws.bitstamp.net", "https://www.bitstamp.net", {}),
+                ("gateio", SPOT, "wss://api.gateio.ws", "https://api.gateio.ws", {}),
+            )
         }),
         "Exchanges to connect to, in the order that gives them their ids.",
         keys=one_of(KNOWN_EXCHANGES), entry="exchange",
     )
+    instruments: FrozenMap[str, InstrumentConfig] = setting(
+        FrozenMap(), "Synthetic instruments, by name (e.g. `BTC-USD*`).",
+        keys=_fullmatch(r"[A-Za-z0-9][A-Za-z0-9*._-]{0,39}", "1 to 40 characters among letters, digits and *._-"),
+        entry="name",
+    )
     buckets: BucketsConfig = setting(BucketsConfig(), "Price buckets of the consolidated book.")
+    metrics: MetricsConfig = setting(MetricsConfig(), "Microstructure metrics of the consolidated book.")
+    features: FeaturesConfig = setting(
+        FeaturesConfig(), "Feature tensors for models: cadence and normalisation (docs/features.md)."
+    )
+    signals: SignalsConfig = setting(
+        SignalsConfig(), "Trading signals: fees, thresholds and baselines (docs/signals.md)."
+    )
     storage: StorageConfig = setting(StorageConfig(), "Storage backend.")
+    api: ApiConfig = setting(
+        ApiConfig(), "The dashboard and HTTP API (docs/api.md): loopback only unless `allow_public`, which then "
+        "needs a `token`.",
+    )
     simulator: SimulatorConfig = setting(SimulatorConfig(), "The built-in exchange simulator.")
 
     def __post_init__(self) -> None:
@@ -458,6 +796,9 @@ class Config(Section):
         if not self.storage.sqlite_path:
             sqlite_path = os.path.join(self.engine.data_dir, "coby.sqlite")
             object.__setattr__(self, "storage", replace(self.storage, sqlite_path=sqlite_path))
+        if not self.storage.spool_dir:
+            spool_dir = os.path.join(self.engine.data_dir, "spool", self.engine.instance)
+            object.__setattr__(self, "storage", replace(self.storage, spool_dir=spool_dir))
 
     @property
     def symbols(self) -> tuple[str, ...]:
@@ -479,13 +820,17 @@ class Config(Section):
 
     def _check(self, key: str) -> None:
         listed = {symbol for exchange in self.exchanges.values() for symbol in exchange.symbols}
-        for symbol in self.buckets.absolute:
-            if symbol not in listed:
-                raise ConfigError(
-                    f"unknown key 'buckets.absolute.{symbol}': bucket units are only for symbols listed under "
-                    f"exchanges: {', '.join(sorted(listed)) or 'none'}",
-                    key=f"buckets.absolute.{symbol}",
-                )
+        for mapping, names, what in (("buckets.absolute", self.buckets.absolute, "bucket units"),
+                                     ("api.price_steps", self.api.price_steps, "row heights")):
+            for name in names:
+                if name not in listed and name not in self.instruments:
+                    raise ConfigError(
+                        f"unknown key '{mapping}.{name}': {what} are only for instruments: symbols listed under "
+                        f"exchanges ({', '.join(sorted(listed)) or 'none'}) or `instruments` entries",
+                        key=f"{mapping}.{name}",
+                    )
+        for name, instrument in self.instruments.items():
+            self._check_instrument(f"instruments.{name}", instrument)
         for name, exchange in self.exchanges.items():
             needed = 2 * exchange.snapshot_depth + 3
             if exchange.enabled and needed > self.shm.ring_records:
@@ -497,7 +842,35 @@ class Config(Section):
                 )
 
 
+    def _check_instrument(self, key: str, instrument: InstrumentConfig) -> None:
+        enabled = {name: exchange for name, exchange in self.exchanges.items() if exchange.enabled}
+        allowed = [name for name in enabled if not instrument.exchanges or name in instrument.exchanges]
+        for market in instrument.markets:
+            if not any(market in enabled[name].symbols for name in allowed):
+                among = f" among {', '.join(instrument.exchanges)}" if instrument.exchanges else ""
+                raise _value_error(
+                    f"{key}.markets", list(instrument.markets),
+                    f"markets listed under an enabled exchange{among} ({market} is not)",
+                )
+        for currency, rule in instrument.convert.items():
+            if rule == "1:1":
+                continue
+            exchange, book = rule.split(":", 1)
+            if exchange not in enabled or book not in enabled[exchange].symbols:
+                raise _value_error(f"{key}.convert.{currency}", rule, f"a book listed under the enabled exchange {exchange}")
+            if book != f"{currency}/{instrument.quote}":
+                raise _value_error(f"{key}.convert.{currency}", rule, f"the book {currency}/{instrument.quote}")
+
+
 # ---------------------------------------------------------------------------------------------- loading
+
+
+def only_these_exchanges(exchanges: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """An ``exchanges`` override that enables exactly these exchanges (with their settings):
+    overrides merge key by key, so every other known exchange is disabled explicitly."""
+    merged: dict[str, dict[str, Any]] = {name: {"enabled": False} for name in KNOWN_EXCHANGES}
+    merged.update({name: {"enabled": True, **settings} for name, settings in exchanges.items()})
+    return merged
 
 
 def load_config(
@@ -868,16 +1241,17 @@ Later sources override earlier ones:
 1. **Defaults** declared in `engine/config.py` (the tables below).
 2. **The file**: the path given explicitly (`load_config(path)`), else `$COBY_CONFIG` if set, else
    `./config.yaml` if it exists, else none. A key the file leaves out keeps its default; a
-   mapping the file writes (`exchanges`, `actors`, `buckets.absolute`, `simulator.symbols`) replaces the
-   default mapping as a whole.
+   mapping the file writes (`exchanges`, `actors`, `buckets.absolute`, `signals.taker_fee_bps`,
+   `simulator.symbols`) replaces the default mapping as a whole.
 3. **Environment variables** `COBY_<SECTION>__<KEY>` (below).
 4. **Overrides**: the nested mapping passed as `load_config(overrides=…)` (used by `coby demo` and tests).
 
 Environment variables and overrides merge key by key: they change or add single keys and mapping
 entries and keep the rest.
 
-`engine.runtime_dir` and `storage.sqlite_path` are filled in when left empty (`/tmp/coby-<instance>`
-and `<engine.data_dir>/coby.sqlite`), so code always sees a real path.
+`engine.runtime_dir`, `storage.sqlite_path` and `storage.spool_dir` are filled in when left empty
+(`/tmp/coby-<instance>`, `<engine.data_dir>/coby.sqlite` and `<engine.data_dir>/spool/<instance>`), so code always
+sees a real path.
 
 ## Environment variables
 

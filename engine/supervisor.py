@@ -32,8 +32,10 @@ import psutil
 import zmq
 
 from engine import bus
+from engine import features as feature_layout
 from engine.actor import ActorSpec, actor_main
 from engine.config import Config
+from engine.instruments import book_layout, instrument_plans
 from engine.logging import configure_logging
 from shm import book, features, ring
 from shm.actor_table import ActorState, ActorTable
@@ -81,7 +83,8 @@ class _Child:
 
 
 def default_actor_specs(config: Config, with_simulator: bool = False) -> list[ActorSpec]:
-    """The actors a config asks for: (simulator,) one connector per exchange, aggregator.
+    """The actors a config asks for: (simulator,) one connector per exchange, aggregator,
+    features, signals (, storage) (, api).
 
     Slots are assigned by the :class:`Supervisor` that runs them.
     """
@@ -93,6 +96,12 @@ def default_actor_specs(config: Config, with_simulator: bool = False) -> list[Ac
             (f"connector:{exchange}", "connector", "actors.connector:ConnectorActor", {"exchange": exchange})
         )
     names.append(("aggregator", "aggregator", "actors.aggregator:AggregatorActor", {}))
+    names.append(("features", "features", "actors.features:FeaturesActor", {}))
+    names.append(("signals", "signals", "actors.signals:SignalsActor", {}))
+    if config.storage.enabled:
+        names.append(("storage", "storage", "actors.storage:StorageActor", {}))
+    if config.api.enabled:
+        names.append(("api", "api", "actors.api:ApiActor", {}))
     return [ActorSpec(name, kind, target, -1, args) for name, kind, target, args in names]
 
 
@@ -112,6 +121,7 @@ class Supervisor:
         self.children = {spec.name: _Child(spec) for spec in self.specs}
         self.segments: list[Segment] = []
         self.rings: dict[str, Ring] = {}
+        self.storage_feed: Ring | None = None  # aggregator → storage: every record it applied, in order
         self.directory: dict[str, Any] = {}
         self.exit_code = 0
         self.exchange_counters: dict[str, dict[str, Any]] = {}
@@ -166,6 +176,9 @@ class Supervisor:
         self._poller.register(self._control, zmq.POLLIN)
         self._poller.register(self._counters, zmq.POLLIN)
         self.doorbell_endpoint = f"ipc://{runtime}/doorbell-aggregator"
+        self.signals_endpoint = f"ipc://{runtime}/signals"
+        self.features_endpoint = f"ipc://{runtime}/features"
+        self.replay_endpoint = f"ipc://{runtime}/replay"
 
     def _create_segments(self) -> None:
         config, pid = self.config, os.getpid()
@@ -180,12 +193,27 @@ class Supervisor:
             self.segments.append(self.rings[exchange].segment)
             ring_names[exchange] = name
         book_names = {}
-        for symbol in config.symbols:
-            name = segment_name(self.instance, SegmentKind.BOOK, symbol)
-            writer = book.BookWriter.create(name, config.shm.book_depth, max(len(exchanges), 1), config.shm.book_slots, pid)
+        feature_names: dict[str, dict[str, str]] = {}
+        layout = book_layout(config)
+        for plan in instrument_plans(config):
+            name = segment_name(self.instance, SegmentKind.BOOK, plan.name)
+            writer = book.BookWriter.create(name, layout, pid)
             self.segments.append(writer.segment)
-            book_names[symbol] = name
-        self.segment_names = {"actors": table_name, "rings": ring_names, "books": book_names}
+            book_names[plan.name] = name
+            feature_names[plan.name] = {}
+            for kind in ("cnn", "rl"):
+                name = segment_name(self.instance, SegmentKind.FEATURES, f"{plan.name}.{kind}")
+                tensor = features.FeatureWriter.create(
+                    name, config.shm.feature_rows, feature_layout.width(kind), feature_layout.LAYOUT_VERSION, pid
+                )
+                self.segments.append(tensor.segment)
+                feature_names[plan.name][kind] = name
+        self.segment_names = {"actors": table_name, "rings": ring_names, "books": book_names, "features": feature_names}
+        if any(spec.kind == "storage" for spec in self.specs):
+            name = segment_name(self.instance, SegmentKind.RING, "storage")
+            self.storage_feed = Ring.create(name, config.storage.feed_records, pid)
+            self.segments.append(self.storage_feed.segment)
+            self.segment_names["storage_feed"] = name
 
     def _write_directory(self) -> None:
         self.directory = {
@@ -194,6 +222,9 @@ class Supervisor:
             "started_ns": time.time_ns(),
             "exchanges": self.config.exchange_ids(),
             "symbols": list(self.config.symbols),
+            "instruments": {
+                plan.name: sorted({member.exchange for member in plan.members}) for plan in instrument_plans(self.config)
+            },
             "segments": self.segment_names,
             "actors": {spec.name: spec.slot for spec in self.specs},
             "endpoints": {
@@ -201,11 +232,15 @@ class Supervisor:
                 "bus_publish": self._forwarder.publish_endpoint,
                 "bus_subscribe": self._forwarder.subscribe_endpoint,
                 "doorbell_aggregator": self.doorbell_endpoint,
+                "signals": self.signals_endpoint,
+                "features_doorbell": self.features_endpoint,
+                "replay": self.replay_endpoint,
             },
             "layouts": {
                 "ring": ring.LAYOUT_VERSION,
                 "book": book.LAYOUT_VERSION,
                 "features": features.LAYOUT_VERSION,
+                "feature_schema": feature_layout.LAYOUT_VERSION,
             },
             **self.extra_directory,
         }
@@ -428,14 +463,16 @@ class Supervisor:
             self._spawn(child)
 
     def status(self) -> dict[str, Any]:
+        """Safe to call from another thread: each child's process is read once, as a restart may clear it."""
         now = time.monotonic()
         actors = []
         for child in self.children.values():
-            alive = child.process is not None and child.process.exitcode is None
+            process = child.process
+            alive = process is not None and process.exitcode is None
             actors.append(
                 {
                     "name": child.spec.name,
-                    "pid": child.process.pid if alive else None,
+                    "pid": process.pid if alive else None,
                     "state": child.state.name.lower(),
                     "restarts": child.restarts,
                     "heartbeat_age_s": round(now - child.last_heartbeat_change, 3) if alive else None,
@@ -448,7 +485,7 @@ class Supervisor:
             stats = handle.stats()
             stats["fill_ratio"] = stats["fill"] / stats["capacity"]
             rings[exchange] = stats
-        return {
+        reply = {
             "instance": self.instance,
             "pid": os.getpid(),
             "uptime_s": round(now - self._started_at, 3),
@@ -456,6 +493,10 @@ class Supervisor:
             "rings": rings,
             "exchanges": self.exchange_counters,
         }
+        if self.storage_feed is not None:
+            stats = self.storage_feed.stats()
+            reply["storage_feed"] = {**stats, "fill_ratio": stats["fill"] / stats["capacity"]}
+        return reply
 
     # ---- stop ------------------------------------------------------------------------
 

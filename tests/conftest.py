@@ -1,5 +1,6 @@
 """Shared fixtures: an in-memory record sink, the recorded-traffic directory, unique
-shared-memory instances and spawned helper processes that never outlive a test."""
+shared-memory instances, spawned helper processes that never outlive a test, and storage
+backends on SQLite and on PostgreSQL (127.0.0.1:5432, or a throwaway server)."""
 
 from __future__ import annotations
 
@@ -11,12 +12,15 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 
 import numpy as np
+import psycopg
 import pytest
 
+from engine.storage import PostgresBackend, SqliteBackend, StorageBackend
 from shm.records import RECORD_DTYPE, Kind, Side
 from shm.registry import list_segments
 from shm.segment import unlink_segment
 from sim.recorded import recorded_dir
+from tests.postgres_support import ThrowawayPostgres, Unavailable
 
 
 @pytest.fixture
@@ -124,3 +128,64 @@ def recorded() -> Path:
     if directory is None:
         pytest.skip("recorded traffic not found: set COBY_RECORDED_DIR or put it at ../shared/recorded")
     return directory
+
+
+POSTGRES_DSN = os.environ.get("COBY_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def _reachable(dsn: str) -> bool:
+    try:
+        psycopg.connect(dsn, connect_timeout=3).close()
+        return True
+    except psycopg.OperationalError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def postgres_dsn() -> Iterator[str]:
+    """The PostgreSQL server the tests use: the usual one, or a throwaway one started here."""
+    if _reachable(POSTGRES_DSN):
+        yield POSTGRES_DSN
+        return
+    try:
+        server = ThrowawayPostgres()
+    except Unavailable as error:
+        pytest.skip(f"no PostgreSQL at {POSTGRES_DSN}, and {error}")
+    try:
+        yield server.url()
+    finally:
+        server.close()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def make_backend(request, tmp_path) -> Iterator[Callable[..., StorageBackend]]:
+    """``make_backend(retention=None)``: a new backend on this test's one database; all closed afterwards."""
+    made: list[StorageBackend] = []
+    if request.param == "sqlite":
+        def make(retention=None, **options) -> StorageBackend:
+            made.append(SqliteBackend(tmp_path / "coby.sqlite", retention, **options))
+            return made[-1]
+    else:
+        dsn = request.getfixturevalue("postgres_dsn")
+        schema = f"coby_test_{uuid.uuid4().hex[:12]}"
+
+        def make(retention=None, **options) -> StorageBackend:
+            made.append(PostgresBackend(dsn, retention, schema=schema, **options))
+            return made[-1]
+    yield make
+    for backend in made:
+        backend.close()
+    if request.param == "postgres":
+        with psycopg.connect(dsn, autocommit=True) as connection:
+            connection.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[ThrowawayPostgres]:
+    """A PostgreSQL server of this test's own (a throwaway one), which it may stop and start."""
+    try:
+        server = ThrowawayPostgres()
+    except Unavailable as error:
+        pytest.skip(str(error))
+    yield server
+    server.close()

@@ -7,11 +7,12 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from engine.config import Config, load_config
+from engine.config import Config, load_config, only_these_exchanges
 from engine.supervisor import Supervisor
 from shm.records import Kind, Side, empty_records
 from shm.registry import list_segments
@@ -26,15 +27,25 @@ def unique_instance(tag: str = "t") -> str:
 
 
 def engine_config(instance: str, overrides: dict[str, Any] | None = None) -> Config:
-    """The default config on free ports under its own instance, plus ``overrides``."""
+    """The default config on free ports under its own instance, plus ``overrides``.
+
+    Only the exchanges ``overrides`` names are enabled (Binance spot when it names none):
+    overrides merge key by key, so every other exchange of the default config is disabled.
+    """
     base: dict[str, Any] = {
         "engine": {"instance": instance, "runtime_dir": f"/tmp/coby-test-{instance}"},
         "endpoints": {"control": ANY_PORT, "bus_publish": ANY_PORT, "bus_subscribe": ANY_PORT},
         "supervisor": {"heartbeat_interval_s": 0.1, "heartbeat_timeout_s": 2.0, "restart_backoff_initial_s": 0.1},
+        "storage": {"enabled": False},  # tests of storage turn it on, with their own database
+        "api": {"enabled": False},  # tests of the api turn it on, on a free port
     }
     for section, values in (overrides or {}).items():
         base.setdefault(section, {}).update(values)
+    base["exchanges"] = only_these_exchanges(base.get("exchanges") or {"binance": {}})
     return load_config(None, env={}, overrides=base)
+
+
+
 
 
 @contextmanager
@@ -87,3 +98,8 @@ def level_batch(
         batch[0]["kind"] = Kind.SNAPSHOT_BEGIN
         batch[-1]["kind"] = Kind.SNAPSHOT_END
     return batch
+
+
+def stores_in(directory: Path) -> dict[str, str]:
+    """The environment of a ``coby demo`` that stores into ``directory`` rather than the project's ./data."""
+    return {**os.environ, "COBY_ENGINE__DATA_DIR": str(directory / "data")}

@@ -12,7 +12,15 @@ from typing import get_args, get_origin, get_type_hints
 import pytest
 import yaml
 
-from engine.config import Config, ConfigError, ExchangeConfig, FrozenMap, load_config, render_markdown
+from engine.config import (
+    Config,
+    ConfigError,
+    ExchangeConfig,
+    FrozenMap,
+    load_config,
+    only_these_exchanges,
+    render_markdown,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -116,8 +124,12 @@ def test_unknown_key_suggests_the_close_one():
     [
         ({"exchanges": {"ftx": {"symbols": ["BTC/USD"]}}}, "unknown key 'exchanges.ftx': keys of 'exchanges' must be one of: binance,"),
         ({"actors": {"trader": {}}}, "unknown key 'actors.trader': keys of 'actors' must be one of: aggregator,"),
-        ({"buckets": {"absolute": {"btcusdt": 1.0}}}, "unknown key 'buckets.absolute.btcusdt': keys of 'buckets.absolute' must be a canonical symbol"),
-        ({"buckets": {"absolute": {"XRP/USDT": 1.0}}}, "unknown key 'buckets.absolute.XRP/USDT': bucket units are only for symbols listed"),
+        ({"buckets": {"absolute": {"btc usdt": 1.0}}}, "unknown key 'buckets.absolute.btc usdt': keys of 'buckets.absolute' must be a canonical symbol or an `instruments` name"),
+        ({"buckets": {"absolute": {"XRP/USDT": 1.0}}}, "unknown key 'buckets.absolute.XRP/USDT': bucket units are only for instruments"),
+        ({"instruments": {"BTC-USD*": {"markets": ["BTC/USDT"], "quote": "USD"}}}, "instruments.BTC-USD*.convert = {}: must be an entry for USDT"),
+        ({"instruments": {"BTC-USD*": {"markets": ["BTC/USDC"], "convert": {"USDC": "1:1"}}}}, "must be markets listed under an enabled exchange (BTC/USDC is not)"),
+        ({"instruments": {"X*": {"markets": ["BTC/USDT"], "convert": {"USDT": "binance:USDT/EUR"}}}}, "instruments.X*.convert.USDT = binance:USDT/EUR: must be a book listed under the enabled exchange binance"),
+        ({"instruments": {"X*": {"markets": ["BTC/USDT"], "convert": {"USDT": "binance:BTC/USDT"}}}}, "must be the book USDT/USD"),
     ],
 )
 def test_unknown_mapping_entry_is_refused(overrides, expected):
@@ -214,10 +226,11 @@ def test_environment_string_keys_take_the_text_as_written():
     assert load_config(env={"COBY_ENGINE__INSTANCE": "007"}).engine.instance == "007"
 
 
-def test_environment_adds_an_exchange_and_keeps_the_others(empty_directory):
+def test_environment_changes_one_exchange_and_keeps_the_others(empty_directory):
     config = load_config(env={"COBY_EXCHANGES__KRAKEN__SYMBOLS": "[BTC/USD, BTC/USDT]"})
-    assert list(config.exchanges) == ["binance", "kraken"]
-    assert config.exchanges["kraken"].enabled
+    assert list(config.exchanges) == list(Config().exchanges)
+    assert config.exchanges["kraken"].symbols == ("BTC/USD", "BTC/USDT")
+    assert config.exchanges["kraken"].ws_url == Config().exchanges["kraken"].ws_url
 
 
 def test_unknown_environment_key_is_an_error():
@@ -250,7 +263,16 @@ def test_overrides_apply_last_and_merge_key_by_key():
     )
     assert (config.shm.ring_records, config.shm.book_depth) == (2048, 50)
     assert config.exchanges["binance"].symbols == ("BTC/USDT", "ETH/USDT", "SOL/USDT")
-    assert config.exchange_ids() == {"coinbase": 0}
+    assert config.exchanges["coinbase"].symbols == ("ETH/USD",)
+    assert config.exchanges["coinbase"].ws_url == "wss://ws-feed.exchange.coinbase.com"  # the rest of the entry kept
+    assert list(config.exchange_ids())[:2] == ["binance_futures", "coinbase"]
+
+
+def test_only_these_exchanges_enables_exactly_those():
+    overrides = {"exchanges": only_these_exchanges({"kraken": {"symbols": ["BTC/USDT"]}, "okx": {}})}
+    config = load_config(ROOT / "config.yaml", env={}, overrides=overrides)
+    assert config.exchange_ids() == {"kraken": 0, "okx": 1}
+    assert config.exchanges["okx"].symbols == ("BTC/USDT", "ETH/USDT", "SOL/USDT", "BTC/USDT:PERP", "ETH/USDT:PERP")
 
 
 def test_file_mapping_replaces_the_default_mapping(tmp_path):
@@ -278,11 +300,11 @@ def test_config_is_immutable_and_picklable():
 
 
 def test_symbol_and_exchange_ids_are_deterministic_and_skip_disabled_exchanges():
-    overrides = {"exchanges": {
+    overrides = {"exchanges": only_these_exchanges({
+        "binance": {},
         "kraken": {"symbols": ["ETH/USD", "BTC/USDT"]},
-        "okx": {"enabled": False, "symbols": ["DOGE/USDT"]},
         "bybit": {"symbols": ["BTC/USDT:PERP", "ETH/USD"]},
-    }}
+    }) | {"okx": {"enabled": False, "symbols": ["DOGE/USDT"]}}}
     first = load_config(env={}, overrides=overrides)
     second = load_config(env={}, overrides=overrides)
     assert first.exchange_ids() == second.exchange_ids() == {"binance": 0, "kraken": 1, "bybit": 2}

@@ -2,65 +2,25 @@
 
 from __future__ import annotations
 
-import asyncio
 import multiprocessing
 import os
 import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 
 import numpy as np
 
-from actors.connectors import load_exchange_module
-from actors.simulator import build_market
 from engine.client import attach
 from engine.config import Config
 from engine.supervisor import Supervisor, default_actor_specs
 from shm.records import Status
 from shm.registry import list_segments
-from sim.server import Simulator
-from tests.engine_support import engine_config, running, unique_instance, wait_for
+from sim.threaded import BackgroundSimulator
+from tests.engine_support import engine_config, running, stores_in, unique_instance, wait_for
 
 SYMBOLS = ["BTC/USDT", "ETH/USDT", "SOL/USDT"]
-
-
-class BackgroundSimulator:
-    """The simulator on its own event loop thread in the test process, so tests can read its truth."""
-
-    def __init__(self, config: Config, cadence_s: float) -> None:
-        self.market = build_market(config)
-        self.simulator = Simulator(self.market, cadence_s=cadence_s)
-        self.servers = {
-            name: self.simulator.add_venue(load_exchange_module(name).SIMULATED_VENUE(self.market))
-            for name in config.exchange_ids()
-        }
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.call(self.simulator.start())
-
-    def call(self, coroutine):
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(30)
-
-    async def _paused_truth(self, venue: str, symbol: str):
-        self.simulator.pause()
-        async with self.simulator._step_lock:
-            return self.market.truth(venue, symbol)
-
-    def paused_truth(self, venue: str, symbol: str):
-        """Pause the market after any step in flight and return that venue's exact book."""
-        return self.call(self._paused_truth(venue, symbol))
-
-    def resume(self) -> None:
-        self.loop.call_soon_threadsafe(self.simulator.resume)
-
-    def stop(self) -> None:
-        self.call(self.simulator.stop())
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
 
 
 def _watch_books(instance: str, seconds: float, results: "multiprocessing.Queue") -> None:
@@ -145,7 +105,7 @@ def test_kill_9_of_a_connector_under_load_is_excluded_resynced_and_never_shown_h
             assert restarted["restarts"] == 1 and restarted["pid"] != victim
 
             for symbol in SYMBOLS:
-                bids, asks = simulator.paused_truth("binance", symbol)
+                bids, asks = simulator.paused_truth("binance", [symbol])[symbol]
                 # The last frames before the pause may still be on their way: wait for the
                 # whole book (a size-only change leaves the prices equal before it lands).
                 book = wait_for(
@@ -164,19 +124,22 @@ def test_kill_9_of_a_connector_under_load_is_excluded_resynced_and_never_shown_h
         simulator.stop()
 
 
-def test_demo_runs_offline_prints_the_book_and_leaves_no_segment() -> None:
+def test_demo_runs_offline_prints_the_book_and_leaves_no_segment(tmp_path) -> None:
     instance = unique_instance("demo")
     result = subprocess.run(
-        [sys.executable, "-m", "engine.cli", "demo", "--seconds", "8", "--instance", instance],
+        [sys.executable, "-m", "engine.cli", "demo", "--seconds", "15", "--instance", instance],
         capture_output=True,
         text=True,
         timeout=120,
         cwd=os.getcwd(),
+        env=stores_in(tmp_path),
     )
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.strip().splitlines()
-    assert re.match(r"demo ok: \d+s, 3 symbols, 3/3 exchange books synced", lines[-1]), lines[-1]
-    assert any("BTC/USDT" in line and " bid " in line and "binance:in_sync" in line for line in lines)
+    assert re.match(r"demo ok: \d+s, 5 symbols, 35/35 exchange books synced", lines[-1]), lines[-1]
+    every_spot_venue = {f"{name}:in_sync" for name in ("binance", "coinbase", "kraken", "htx", "bitfinex", "okx",
+                                                        "bybit", "kucoin", "bitstamp", "gateio")}
+    assert any(line.startswith("BTC/USDT ") and every_spot_venue <= set(line.split()) for line in lines)
     assert list_segments(instance) == []
 
 
@@ -215,13 +178,15 @@ def test_demo_with_six_venues_syncs_every_configured_book_through_the_real_runti
         text=True,
         timeout=120,
         cwd=os.getcwd(),
+        env=stores_in(tmp_path),
     )
     assert result.returncode == 0, result.stdout[-1500:] + "\n".join(_error_lines(result.stderr))
     assert "10/10 exchange books synced" in result.stdout.strip().splitlines()[-1]
     consolidated = [line for line in result.stdout.splitlines() if line.startswith("ETH/USDT ") and " bid " in line]
-    assert any(
-        "binance:in_sync gateio:in_sync kraken:in_sync kucoin:in_sync" in line for line in consolidated
-    ), consolidated[-3:]
+    venues = {"binance:in_sync", "gateio:in_sync", "kraken:in_sync", "kucoin:in_sync"}
+    assert any(venues <= set(line.split()) for line in consolidated), consolidated[-3:]
+    ladder_header = [line for line in result.stdout.splitlines() if line.split()[:2] == ["price", "total"]]
+    assert any(line.split()[2:] == ["binance", "gateio", "kucoin", "kraken"] for line in ladder_header), ladder_header
     assert list_segments(instance) == []
 
 
@@ -253,9 +218,10 @@ def test_demo_with_the_stream_seeded_venues_syncs_every_configured_book(tmp_path
         text=True,
         timeout=120,
         cwd=os.getcwd(),
+        env=stores_in(tmp_path),
     )
     assert result.returncode == 0, result.stdout[-1500:] + "\n".join(_error_lines(result.stderr))
     assert "8/8 exchange books synced" in result.stdout.strip().splitlines()[-1]
     perpetual = [line for line in result.stdout.splitlines() if line.startswith("BTC/USDT:PERP") and " bid " in line]
-    assert any("bybit:in_sync okx:in_sync" in line for line in perpetual), perpetual[-3:]
+    assert any({"bybit:in_sync", "okx:in_sync"} <= set(line.split()) for line in perpetual), perpetual[-3:]
     assert list_segments(instance) == []
