@@ -42,6 +42,7 @@ from pathlib import Path
 import orjson
 
 from actors.connectors import UnknownExchangeError, load_exchange_module
+from actors.connectors.base import KERNEL_PATH
 from engine.verify import (
     RECORDED_NAMES,
     UnreadableRecording,
@@ -358,6 +359,7 @@ def main(argv: list[str] | None = None) -> dict:
         "machine": platform.machine(),
         "frames": "every received frame of the recording, through on_message into a shared-memory ring",
         "ring_write_path": write_path,
+        "connector_kernel_path": KERNEL_PATH,
         "exchanges": figures,
         "skipped": skipped,
         **({"cryptofeed": cryptofeed, **_target_summary(cryptofeed)} if cryptofeed is not None else {}),

@@ -117,10 +117,13 @@ _last_second: tuple[str, int] = ("", 0)  # the latest whole second seen, and its
 def rfc3339_ns(text: str) -> int:
     """``"2021-04-17T16:43:37.075687Z"`` (up to 9 fraction digits) → ns since the epoch.
 
-    The microsecond form (Coinbase's, one per frame) takes a fast path: consecutive
-    frames share their whole second, so it is remembered (~0.3 µs a frame saved,
-    bench/connectors.py)."""
+    The microsecond form (Coinbase's, one per frame) takes a fast path: the C kernel's
+    :func:`micros_stamp_ns` where it is built, else the whole second remembered from the
+    previous stamp (consecutive frames share it; ~0.3 µs a frame saved, bench/connectors.py)."""
     global _last_second
+    stamp_ns = micros_stamp_ns(text)
+    if stamp_ns is not None:
+        return stamp_ns
     if len(text) == 27 and text[26] == "Z" and text[19] == ".":
         whole = text[:19]
         last_whole, seconds_ns = _last_second
@@ -130,16 +133,6 @@ def rfc3339_ns(text: str) -> int:
         return seconds_ns + int(text[20:26]) * 1000
     whole, _, fraction = text.rstrip("Z").partition(".")
     return _epoch_seconds(whole) * 1_000_000_000 + int((fraction + "000000000")[:9])
-
-
-def rfc3339_second(text: str) -> tuple[str, int] | None:
-    """A microsecond stamp's text up to its fraction (``"2021-04-17T16:43:37."``) and that whole
-    second's epoch ns; None for any other layout. A per-frame caller keeps them and parses the
-    stamps of the same second inline, exactly as :func:`rfc3339_ns`'s fast path does (the
-    prefix matched, then ``+ int(text[20:26]) * 1000``): ~0.1 µs a frame less than the call."""
-    if len(text) == 27 and text[26] == "Z" and text[19] == ".":
-        return text[:20], _epoch_seconds(text[:19]) * 1_000_000_000
-    return None
 
 
 @lru_cache(maxsize=256)
@@ -371,6 +364,128 @@ assert _RECORD.size == RECORD_SIZE and RECORD_DTYPE.names[:5] == (
 )
 
 
+def _apply_level_python(
+    levels: dict[float, float],
+    prices: list[float],
+    price: float,
+    size: float,
+    scratch: bytearray,
+    offset: int,
+    exchange_ts: int,
+    receive_ts: int,
+    sequence: int,
+    side: int,
+) -> int:
+    """:func:`apply_level` without the C extension: the same book change and record bytes."""
+    try:  # packed first: a value the record cannot hold leaves the book as it was, as in C
+        pack_record_head(scratch, offset, exchange_ts, receive_ts, price, size, sequence)
+    except struct.error as error:
+        raise ValueError(f"a timestamp or sequence the record cannot hold: {error}") from None
+    scratch[offset + SIDE_OFFSET] = side
+    if size:
+        if price not in levels:
+            insort(prices, price)
+        levels[price] = size
+    elif levels.pop(price, None) is not None:
+        del prices[bisect_left(prices, price)]
+    return offset + RECORD_SIZE
+
+
+def _apply_side_python(
+    levels: dict[float, float],
+    prices: list[float],
+    raw_levels: Sequence[Sequence[object]],
+    scratch: bytearray,
+    offset: int,
+    exchange_ts: int,
+    receive_ts: int,
+    sequence: int,
+    side: int,
+) -> int:
+    """:func:`apply_side` without the C extension: the same validation, book changes and bytes."""
+    for level in raw_levels:
+        try:
+            price_text = level[0]
+            size_text = level[1]
+        except LookupError:
+            raise ValueError(f"a level needs a price and a size, got {level!r}") from None
+        price = float(price_text)
+        size = float(size_text)
+        if not (0.0 < price <= MAX_PRICE and 0.0 <= size <= MAX_SIZE):
+            raise ValueError(f"invalid level {price_text!r} {size_text!r}")
+        offset = _apply_level_python(
+            levels, prices, price, size, scratch, offset, exchange_ts, receive_ts, sequence, side
+        )
+    return offset
+
+
+def _apply_sequenced_side_python(
+    levels: dict[float, float],
+    prices: list[float],
+    changes: Sequence[Sequence[object]],
+    scratch: bytearray,
+    offset: int,
+    exchange_ts: int,
+    receive_ts: int,
+    side: int,
+) -> int:
+    """:func:`apply_sequenced_side` without the C extension."""
+    for change in changes:
+        price_text, size_text, change_sequence = change
+        if price_text == "0":
+            continue
+        offset = _apply_side_python(
+            levels, prices, ((price_text, size_text),), scratch, offset, exchange_ts, receive_ts, int(change_sequence), side
+        )
+    return offset
+
+
+def _micros_stamp_ns_python(text: str) -> None:
+    """:func:`micros_stamp_ns` without the C extension: always "read it with rfc3339_ns"."""
+    return None
+
+
+# The per-level hot path of every venue whose levels need no checksum tokens:
+#   apply_side(levels, prices, raw_levels, scratch, offset, exchange_ts, receive_ts, sequence, side)
+#     -> offset: each raw level's [0] and [1] read by float() (decimal texts or JSON numbers),
+#     validated (0 < price <= MAX_PRICE, 0 <= size <= MAX_SIZE, else ValueError with the levels
+#     before it applied), set (size != 0) or deleted (size 0; unknown price: a no-op) on the book
+#     side (its dict and ascending price list), its LEVEL record head and side packed at
+#     ``offset`` in ``scratch``; returns the offset after the last record.
+#   apply_level(levels, prices, price, size, scratch, offset, exchange_ts, receive_ts, sequence, side)
+#     -> offset: the same for one level the venue already parsed and validated as floats
+#     (Coinbase's changes).
+#   apply_sequenced_side(levels, prices, changes, scratch, offset, exchange_ts, receive_ts, side)
+#     -> offset: apply_side for changes that carry their own sequence, exactly [price, size,
+#     sequence] (KuCoin's): each record gets int(sequence), and a change whose price is the
+#     text "0" only advances the sequence, so it is skipped.
+# A timestamp or sequence that does not fit the record raises ValueError in both.
+#   micros_stamp_ns(text) -> int | None: a "YYYY-MM-DDTHH:MM:SS.ffffffZ" stamp (digits only, a
+#     valid date and time of 1970-2261) as ns since the epoch, exactly as rfc3339_ns reads it;
+#     None for any other text (and always None without the C extension): rfc3339_ns reads it.
+try:
+    from actors.connectors import _kernel
+except ImportError:  # not compiled (no C compiler at install): the Python twins below
+    _kernel = None
+
+if _kernel is not None:
+    if (_kernel.RECORD_BYTES, _kernel.SIDE_OFFSET) != (RECORD_SIZE, SIDE_OFFSET):
+        raise ImportError("actors/connectors/_kernel.c packs another record layout than shm/records.py: "
+                          "rebuild it (pip install -e .)")
+    _kernel.configure(MAX_PRICE, MAX_SIZE)
+    apply_level = _kernel.apply_level
+    apply_side = _kernel.apply_side
+    apply_sequenced_side = _kernel.apply_sequenced_side
+    micros_stamp_ns = _kernel.micros_stamp_ns
+else:
+    apply_level = _apply_level_python
+    apply_side = _apply_side_python
+    apply_sequenced_side = _apply_sequenced_side_python
+    micros_stamp_ns = _micros_stamp_ns_python
+KERNEL_PATH = "c" if _kernel is not None else "python"
+"""Which implementation runs the per-level and stamp hot paths (bench/connectors.py reports it)."""
+
+
 class SymbolRecords:
     """Builds one symbol's record batches and writes each as one sink write.
 
@@ -524,56 +639,16 @@ def apply_frame(
     exchange_ts: int,
     receive_ts: int,
 ) -> int:
-    """Parse, validate, apply and pack one delta frame of ``[price, size]`` texts in one pass.
-
-    The per-frame hot path: one loop per side and no per-level objects (on the recorded
-    Binance frames, separate parse, apply and pack loops cost ~0.4 µs more a frame, a
-    third of an ``orjson.loads``; see bench/binance_parse.py). Returns the
-    number of LEVEL records packed in ``records`` (write them with
-    ``records.write_levels``). A bad level raises ValueError/TypeError with the levels
-    before it already applied; the frame is lost either way, which is a gap, so the
-    caller resyncs the book.
-
-    It is :class:`RestSeededConnector`'s default ``apply_levels``, and
-    :meth:`RestSeededConnector.on_delta` runs this same loop written out in its own body
-    (a call less a frame): a change to one belongs in the other.
+    """Parse, validate, apply and pack one delta frame of ``[price, size]`` texts in one pass
+    per side (:func:`apply_side`). Returns the number of LEVEL records packed in ``records``
+    (write them with ``records.write_levels``). A bad level raises ValueError/TypeError with
+    the levels before it already applied; the frame is lost either way, which is a gap, so
+    the caller resyncs the book. It is :class:`RestSeededConnector`'s default ``apply_levels``.
     """
     needed = len(raw_bids) + len(raw_asks)
     scratch = records.scratch if needed <= records.capacity else records.reserve(needed)
-    offset = 0
-    # The two sides are written out rather than looped over: ~0.1 µs a frame.
-    levels = book.bids
-    prices = book.bid_prices
-    for price_text, size_text in raw_bids:
-        price = float(price_text)
-        size = float(size_text)
-        if not (price > 0.0 and price <= MAX_PRICE and size >= 0.0 and size <= MAX_SIZE):
-            raise ValueError(f"invalid level {price_text!r} {size_text!r}")
-        if size:
-            if price not in levels:
-                insort(prices, price)
-            levels[price] = size
-        elif levels.pop(price, None) is not None:
-            del prices[bisect_left(prices, price)]
-        pack_record_head(scratch, offset, exchange_ts, receive_ts, price, size, sequence)
-        scratch[offset + SIDE_OFFSET] = BID_SIDE
-        offset += RECORD_SIZE
-    levels = book.asks
-    prices = book.ask_prices
-    for price_text, size_text in raw_asks:
-        price = float(price_text)
-        size = float(size_text)
-        if not (price > 0.0 and price <= MAX_PRICE and size >= 0.0 and size <= MAX_SIZE):
-            raise ValueError(f"invalid level {price_text!r} {size_text!r}")
-        if size:
-            if price not in levels:
-                insort(prices, price)
-            levels[price] = size
-        elif levels.pop(price, None) is not None:
-            del prices[bisect_left(prices, price)]
-        pack_record_head(scratch, offset, exchange_ts, receive_ts, price, size, sequence)
-        scratch[offset + SIDE_OFFSET] = ASK_SIDE
-        offset += RECORD_SIZE
+    offset = apply_side(book.bids, book.bid_prices, raw_bids, scratch, 0, exchange_ts, receive_ts, sequence, BID_SIDE)
+    offset = apply_side(book.asks, book.ask_prices, raw_asks, scratch, offset, exchange_ts, receive_ts, sequence, ASK_SIDE)
     return offset // RECORD_SIZE
 
 
@@ -1231,31 +1306,14 @@ class RestSeededConnector(BookResender, Connector):
         records = feed.records
         needed = len(bids) + len(asks)
         scratch = records.scratch if needed <= records.capacity else records.reserve(needed)
-        offset = 0
-        levels = book.bids
-        prices = book.bid_prices
-        for price, size in bids:
-            if size:
-                if price not in levels:
-                    insort(prices, price)
-                levels[price] = size
-            elif levels.pop(price, None) is not None:
-                del prices[bisect_left(prices, price)]
-            pack_record_head(scratch, offset, exchange_ts, receive_ts, price, size, last_id)
-            scratch[offset + SIDE_OFFSET] = BID_SIDE
-            offset += RECORD_SIZE
-        levels = book.asks
-        prices = book.ask_prices
-        for price, size in asks:
-            if size:
-                if price not in levels:
-                    insort(prices, price)
-                levels[price] = size
-            elif levels.pop(price, None) is not None:
-                del prices[bisect_left(prices, price)]
-            pack_record_head(scratch, offset, exchange_ts, receive_ts, price, size, last_id)
-            scratch[offset + SIDE_OFFSET] = ASK_SIDE
-            offset += RECORD_SIZE
+        try:
+            offset = apply_side(book.bids, book.bid_prices, bids, scratch, 0, exchange_ts, receive_ts, last_id, BID_SIDE)
+            apply_side(book.asks, book.ask_prices, asks, scratch, offset, exchange_ts, receive_ts, last_id, ASK_SIDE)
+        except (ValueError, TypeError):  # a timestamp or id the record cannot hold: as on_delta
+            counters.parse_errors += 1
+            self.frame_rejected = True
+            self._resync(feed, Reason.MALFORMED, receive_ts)
+            return
         feed.last_id = last_id
         counters.frames_applied += 1
         counters.levels_applied += needed
@@ -1542,7 +1600,7 @@ __all__ = [
     "SIDE_OFFSET",
     "pack_record_head",
     "rfc3339_ns",
-    "rfc3339_second",
+    "micros_stamp_ns",
     "OutgoingMessage",
     "Instrument",
     "L2Book",
@@ -1557,6 +1615,9 @@ __all__ = [
     "SyncRule",
     "SyncState",
     "apply_frame",
+    "apply_level",
+    "apply_sequenced_side",
+    "apply_side",
     "canonical_symbol",
     "follows_contiguously",
     "parse_levels",

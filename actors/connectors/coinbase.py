@@ -28,7 +28,6 @@ Trade (``level2``, ``heartbeats``), whichever the client's subscribe message spe
 
 from __future__ import annotations
 
-from bisect import bisect_left, insort
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -41,18 +40,16 @@ from actors.connectors.base import (
     BID_SIDE,
     MAX_PRICE,
     MAX_SIZE,
-    RECORD_SIZE,
-    SIDE_OFFSET,
     ConnectionAction,
     ExchangeSettings,
     Instrument,
     RecordSink,
     SyncState,
+    apply_level,
     canonical_symbol,
-    pack_record_head,
+    micros_stamp_ns,
     parse_levels,
     rfc3339_ns,
-    rfc3339_second,
 )
 from actors.connectors.stream_seeded import StreamFeed, StreamSeededConnector
 from actors.connectors.wire import DecodeError, Price, Size, decoder
@@ -211,8 +208,6 @@ class CoinbaseConnector(StreamSeededConnector):
         self.trades = trades
         self._stale_ticker_pending: set[str] = set()  # products whose subscribe-time ticker is still due
         self._next_sequence: list[int | None] = []  # Advanced Trade: per connection
-        self._time_second = "\0"  # the latest l2update's whole second, "2021-04-17T16:43:37." (rfc3339_second)
-        self._time_second_ns = 0
         if self.api == ADVANCED:
             self.on_message = self._on_advanced_message  # bound per instance: no dispatch per frame
 
@@ -295,10 +290,9 @@ class CoinbaseConnector(StreamSeededConnector):
             try:
                 update = decode_l2update(data)
                 time_text = update.time
-                if time_text.startswith(self._time_second) and len(time_text) == 27 and time_text[26] == "Z":
-                    exchange_ts = self._time_second_ns + int(time_text[20:26]) * 1000  # rfc3339_ns's fast path
-                else:
-                    exchange_ts = self._exchange_ns(time_text)
+                exchange_ts = micros_stamp_ns(time_text)  # rfc3339_ns's fast path, without its call
+                if exchange_ts is None:
+                    exchange_ts = rfc3339_ns(time_text) if time_text else 0
             except (DecodeError, ValueError, IndexError):
                 pass  # the generic path below reads it, or says what is wrong with it
             else:
@@ -357,15 +351,6 @@ class CoinbaseConnector(StreamSeededConnector):
             connection_counters.ignored_frames += 1  # heartbeat, last_match (the trade before we subscribed), ticker
         return _CONTINUE
 
-    def _exchange_ns(self, time_text: str) -> int:
-        """``rfc3339_ns`` of an l2update's time (0 if it has none), its whole second kept for
-        :meth:`on_message` to parse the next ones of the same second inline."""
-        exchange_ts = rfc3339_ns(time_text) if time_text else 0
-        second = rfc3339_second(time_text)
-        if second is not None:
-            self._time_second, self._time_second_ns = second
-        return exchange_ts
-
     def apply_l2update(
         self, feed: StreamFeed, changes: list[tuple[str, float, float]] | None, exchange_ts: int, receive_ts: int
     ) -> None:
@@ -378,36 +363,31 @@ class CoinbaseConnector(StreamSeededConnector):
         if feed.state is not _LIVE:
             counters.frames_dropped += 1  # the old subscription's tail, or a book being resynced
             return
-        if changes is None:
-            # No sequence numbers: an update we cannot read leaves the book unknown.
+        book = feed.book
+        records = feed.records
+        count = 0 if changes is None else len(changes)
+        scratch = records.scratch if count <= records.capacity else records.reserve(count)
+        offset = 0
+        try:
+            if changes is None:
+                raise ValueError("a change did not parse")
+            for side, price, size in changes:
+                if side == "buy":
+                    offset = apply_level(
+                        book.bids, book.bid_prices, price, size, scratch, offset, exchange_ts, receive_ts, 0, BID_SIDE
+                    )
+                else:
+                    offset = apply_level(
+                        book.asks, book.ask_prices, price, size, scratch, offset, exchange_ts, receive_ts, 0, ASK_SIDE
+                    )
+        except ValueError:
+            # No sequence numbers: an update we cannot read (or whose time the record cannot
+            # hold) leaves the book unknown.
             counters.parse_errors += 1
             self.frame_rejected = True
             counters.frames_dropped += 1
             self.resync(feed, Reason.MALFORMED, receive_ts)
             return
-        book = feed.book
-        records = feed.records
-        count = len(changes)
-        scratch = records.scratch if count <= records.capacity else records.reserve(count)
-        offset = 0
-        for side, price, size in changes:
-            if side == "buy":
-                levels = book.bids
-                prices = book.bid_prices
-                side_code = BID_SIDE
-            else:
-                levels = book.asks
-                prices = book.ask_prices
-                side_code = ASK_SIDE
-            if size:
-                if price not in levels:
-                    insort(prices, price)
-                levels[price] = size
-            elif levels.pop(price, None) is not None:
-                del prices[bisect_left(prices, price)]
-            pack_record_head(scratch, offset, exchange_ts, receive_ts, price, size, 0)
-            scratch[offset + SIDE_OFFSET] = side_code
-            offset += RECORD_SIZE
         bid_prices = book.bid_prices
         ask_prices = book.ask_prices
         depth = feed.depth

@@ -71,11 +71,12 @@ from actors.connectors.base import (
     SymbolRecords,
     SyncRule,
     SyncState,
+    apply_frame,
     canonical_symbol,
     parse_levels,
 )
 from actors.connectors.checksum import OKX
-from actors.connectors.stream_seeded import RawLevels, StreamFeed, StreamSeededConnector, apply_levels
+from actors.connectors.stream_seeded import RawLevels, StreamFeed, StreamSeededConnector
 from shm.records import Reason, Side
 from sim.market import FixedPoint, Market, MarketStep
 from sim.venue import HttpReply, SimulatedVenue, VenueSession, decimal_places
@@ -203,7 +204,7 @@ def apply_okx_levels(
     """The stream-seeded hot path (it reads ``level[0]``/``level[1]`` of OKX's 4-field
     levels), with a short level raised as the ValueError the REST-seeded machinery resyncs on."""
     try:
-        return apply_levels(book, records, raw_bids, raw_asks, sequence, exchange_ts, receive_ts)
+        return apply_frame(book, records, raw_bids, raw_asks, sequence, exchange_ts, receive_ts)
     except LookupError as error:
         raise ValueError(f"bad OKX level: {error!r}") from None
 

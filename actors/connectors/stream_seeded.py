@@ -80,6 +80,7 @@ from actors.connectors.base import (
     SymbolCounters,
     SymbolRecords,
     SyncState,
+    apply_frame,
     pack_record_head,
     status_batch,
 )
@@ -157,65 +158,6 @@ class StreamFeed:
 # Hot path: apply one frame's levels to the book and pack them as records
 
 
-def apply_levels(
-    book: L2Book,
-    records: SymbolRecords,
-    raw_bids: RawLevels,
-    raw_asks: RawLevels,
-    sequence: int,
-    exchange_ts: int,
-    receive_ts: int,
-) -> int:
-    """Parse, validate, apply and pack one delta frame; returns the LEVEL records packed.
-
-    A bad level raises ValueError/TypeError with the levels before it applied: the
-    frame is lost either way, so the caller resyncs the book. Both sides written out:
-    a call per side cost ~0.2 µs a frame (bench/connectors.py).
-    """
-    needed = len(raw_bids) + len(raw_asks)
-    scratch = records.scratch if needed <= records.capacity else records.reserve(needed)
-    offset = 0
-    if raw_bids:
-        levels = book.bids
-        prices = book.bid_prices
-        for level in raw_bids:
-            price_text = level[0]
-            size_text = level[1]
-            price = float(price_text)
-            size = float(size_text)
-            if not (0.0 < price <= MAX_PRICE and 0.0 <= size <= MAX_SIZE):
-                raise ValueError(f"invalid level {price_text!r} {size_text!r}")
-            if size:
-                if price not in levels:
-                    insort(prices, price)
-                levels[price] = size
-            elif levels.pop(price, None) is not None:
-                del prices[bisect_left(prices, price)]
-            pack_record_head(scratch, offset, exchange_ts, receive_ts, price, size, sequence)
-            scratch[offset + SIDE_OFFSET] = BID_SIDE
-            offset += RECORD_SIZE
-    if raw_asks:
-        levels = book.asks
-        prices = book.ask_prices
-        for level in raw_asks:
-            price_text = level[0]
-            size_text = level[1]
-            price = float(price_text)
-            size = float(size_text)
-            if not (0.0 < price <= MAX_PRICE and 0.0 <= size <= MAX_SIZE):
-                raise ValueError(f"invalid level {price_text!r} {size_text!r}")
-            if size:
-                if price not in levels:
-                    insort(prices, price)
-                levels[price] = size
-            elif levels.pop(price, None) is not None:
-                del prices[bisect_left(prices, price)]
-            pack_record_head(scratch, offset, exchange_ts, receive_ts, price, size, sequence)
-            scratch[offset + SIDE_OFFSET] = ASK_SIDE
-            offset += RECORD_SIZE
-    return offset // RECORD_SIZE
-
-
 def apply_text_levels(
     book: TextBook,
     records: SymbolRecords,
@@ -226,7 +168,7 @@ def apply_text_levels(
     exchange_ts: int,
     receive_ts: int,
 ) -> int:
-    """:func:`apply_levels` that also keeps each set level's checksum token and tells the
+    """:func:`~actors.connectors.base.apply_frame` that also keeps each set level's checksum token and tells the
     book which side's checksummed top changed (the raw strings must be ``str``; anything
     else raises TypeError/AttributeError). Both sides written out: it runs per frame."""
     needed = len(raw_bids) + len(raw_asks)
@@ -677,7 +619,7 @@ class StreamSeededConnector(BookResender, Connector):
         book_checksum = self.book_checksum
         try:
             if book_checksum is None:
-                count = apply_levels(book, records, raw_bids, raw_asks, sequence, exchange_ts, receive_ts)
+                count = apply_frame(book, records, raw_bids, raw_asks, sequence, exchange_ts, receive_ts)
             else:
                 count = apply_text_levels(
                     book, records, raw_bids, raw_asks, book_checksum, sequence, exchange_ts, receive_ts
@@ -808,6 +750,5 @@ __all__ = [
     "StreamCounters",
     "StreamFeed",
     "StreamSeededConnector",
-    "apply_levels",
     "apply_text_levels",
 ]
