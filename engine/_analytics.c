@@ -10,8 +10,9 @@
  *   - running sums add level after level, from the first level as np.add.accumulate does, or
  *     from 0.0 per bin as np.bincount does;
  *   - nothing is fused or reordered: built with -ffp-contract=off (no FMA), SSE2 doubles.
- * Sums whose numpy order is not a plain loop (BLAS dot products, pairwise np.sum) stay in
- * numpy. Arrays come through the buffer protocol (no numpy headers needed to build).
+ * numpy's side of every sum is a plain loop too (np.add.accumulate, np.bincount), never a BLAS
+ * product or a pairwise np.sum. Arrays come through the buffer protocol (no numpy headers needed
+ * to build).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -190,12 +191,11 @@ static PyObject *copy_side(PyObject *self, PyObject *args) {
 
 /* One side's prefix sums: for each of ``count`` limits, how many levels lie within it of the mid
  * (np.searchsorted side="right" over the distances, which grow along a side) and their summed
- * size (the running sum at that count, np.add.accumulate's order); the price and size columns
- * copied contiguous (for numpy's dot product of the notional). Returns the total size, or -1
+ * size (the running sum at that count, np.add.accumulate's order); the total size and notional
+ * (price × size added level after level from the first, np.add.accumulate's order). 0, or -1
  * with an exception set. */
 static int side_prefix(const Array *price, const Array *size, double mid, int is_bid, const double *limits,
-                       Py_ssize_t count, Py_ssize_t *within, double *depth, double *price_copy, double *size_copy,
-                       double *total) {
+                       Py_ssize_t count, Py_ssize_t *within, double *depth, double *total, double *notional) {
     Py_ssize_t levels = price->rows;
     for (Py_ssize_t k = 0; k < count; k++) {
         Py_ssize_t low = 0, high = levels; /* first level whose distance is above the limit */
@@ -214,12 +214,13 @@ static int side_prefix(const Array *price, const Array *size, double mid, int is
         return -1;
     }
     running[0] = 0.0;
+    double value_sum = 0.0;
     for (Py_ssize_t level = 0; level < levels; level++) {
-        double value = AT1(*size, level);
-        price_copy[level] = AT1(*price, level);
-        size_copy[level] = value;
+        double value = AT1(*size, level), product = AT1(*price, level) * value;
         running[level + 1] = level ? running[level] + value : value; /* np.add.accumulate starts at the first */
+        value_sum = level ? value_sum + product : product;
     }
+    *notional = value_sum;
     for (Py_ssize_t k = 0; k < count; k++)
         depth[k] = running[within[k]];
     *total = running[levels];
@@ -229,7 +230,18 @@ static int side_prefix(const Array *price, const Array *size, double mid, int is
 
 enum { M_MID, M_VW_MID, M_SPREAD, M_SPREAD_BPS, M_IMBALANCE_BPS, M_IMBALANCE, M_STEPS_BPS, M_BID_DEPTH, M_ASK_DEPTH,
        M_DOMINANCE_BPS, M_CROSS, M_CROSS_BPS, M_CROSS_BID, M_CROSS_ASK, M_EXCHANGE_SPREAD, M_TOTAL_BID, M_TOTAL_ASK,
-       M_FIELDS };
+       M_DOMINANCE, M_BID_NOTIONAL, M_ASK_NOTIONAL, M_FIELDS };
+
+/* Each exchange's size in the first ``rows`` levels (np.add.accumulate along the levels: from
+ * the first level, one level after the other), added into ``near``. */
+static void add_near(const Array *exchange_size, Py_ssize_t rows, double *near) {
+    for (Py_ssize_t e = 0; e < exchange_size->cols; e++) {
+        double sum = 0.0;
+        for (Py_ssize_t level = 0; level < rows; level++)
+            sum = level ? sum + AT(*exchange_size, level, e) : AT(*exchange_size, level, e);
+        near[e] += sum;
+    }
+}
 
 /* The two best of one side's per-exchange prices, as sorted((-price, id))[:2] (bids) or
  * sorted((price, id))[:2] (asks) orders them: exchanges without a price (<= 0) left out. */
@@ -263,32 +275,28 @@ static int two_best(const Array *prices, int is_bid, Py_ssize_t *best) {
 }
 
 /* book_metrics(bid_price, bid_size, ask_price, ask_size, exchange_best_bid, exchange_best_ask,
- *              limits, imbalances, steps, record, offsets, bid_prices, bid_sizes, ask_prices, ask_sizes)
- * → (bid levels within the last limit, ask levels within it).
- * Every metric of engine/microstructure.py fill_metrics but the two that need numpy's own sums
- * (dominance: BLAS products and a pairwise sum; the notional totals: BLAS dot products, of the
- * contiguous copies written here) straight into the record (``offsets``: byte offsets of its
- * fields, in the order of the M_ enum). Same operations, same order as fill_metrics. */
+ *              limits, imbalances, steps, record, offsets, bid_exchange_size, ask_exchange_size)
+ * Every metric of engine/microstructure.py fill_metrics straight into the record (``offsets``:
+ * byte offsets of its fields, in the order of the M_ enum). Same operations, same order. */
 static PyObject *book_metrics(PyObject *self, PyObject *args) {
-    PyObject *objects[11];
+    PyObject *objects[9];
     Py_ssize_t imbalances, steps;
     PyObject *record_object, *offsets_object;
-    if (!PyArg_ParseTuple(args, "OOOOOOOnnOOOOOO", &objects[0], &objects[1], &objects[2], &objects[3], &objects[4],
+    if (!PyArg_ParseTuple(args, "OOOOOOOnnOOOO", &objects[0], &objects[1], &objects[2], &objects[3], &objects[4],
                           &objects[5], &objects[6], &imbalances, &steps, &record_object, &offsets_object,
-                          &objects[7], &objects[8], &objects[9], &objects[10]))
+                          &objects[7], &objects[8]))
         return NULL;
-    static const int writable[11] = {0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1};
-    static const char *names[11] = {"bid_price", "bid_size", "ask_price", "ask_size", "exchange_best_bid",
-                                    "exchange_best_ask", "limits", "bid_prices", "bid_sizes", "ask_prices",
-                                    "ask_sizes"};
-    Array arrays[11], offsets_array = {.data = NULL};
+    static const int dims[9] = {1, 1, 1, 1, 1, 1, 1, 2, 2};
+    static const char *names[9] = {"bid_price", "bid_size", "ask_price", "ask_size", "exchange_best_bid",
+                                   "exchange_best_ask", "limits", "bid_exchange_size", "ask_exchange_size"};
+    Array arrays[9], offsets_array = {.data = NULL};
     Py_buffer record;
     int have_record = 0;
     PyObject *result = NULL;
     Py_ssize_t held = 0, *within = NULL;
-    double *depth = NULL;
-    for (; held < 11; held++)
-        if (get_array(objects[held], &arrays[held], 'd', 1, writable[held], names[held]) < 0)
+    double *depth = NULL, *near = NULL;
+    for (; held < 9; held++)
+        if (get_array(objects[held], &arrays[held], 'd', dims[held], 0, names[held]) < 0)
             goto done;
     if (get_array(offsets_object, &offsets_array, 'q', 1, 0, "offsets") < 0 ||
         PyObject_GetBuffer(record_object, &record, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0)
@@ -299,12 +307,10 @@ static PyObject *book_metrics(PyObject *self, PyObject *args) {
     Py_ssize_t count = limits.rows, exchanges = best_bid.rows;
     int ok = bid_size.rows == bid_price.rows && ask_size.rows == ask_price.rows && best_ask.rows == exchanges &&
              imbalances >= 0 && steps >= 0 && count == imbalances + steps + 1 && offsets_array.rows == M_FIELDS &&
-             arrays[7].rows == bid_price.rows && arrays[8].rows == bid_price.rows &&
-             arrays[9].rows == ask_price.rows && arrays[10].rows == ask_price.rows &&
-             limits.row_stride == 8 && arrays[7].row_stride == 8 && arrays[8].row_stride == 8 &&
-             arrays[9].row_stride == 8 && arrays[10].row_stride == 8;
+             arrays[7].rows == bid_price.rows && arrays[8].rows == ask_price.rows &&
+             arrays[7].cols == exchanges && arrays[8].cols == exchanges && limits.row_stride == 8;
     Py_ssize_t offsets[M_FIELDS];
-    static const int lengths[M_FIELDS] = {1, 1, 1, 1, -1, -1, -2, -2, -2, 1, 1, 1, 0, 0, -3, 1, 1};
+    static const int lengths[M_FIELDS] = {1, 1, 1, 1, -1, -1, -2, -2, -2, 1, 1, 1, 0, 0, -3, 1, 1, -3, 1, 1};
     for (int field = 0; ok && field < M_FIELDS; field++) {
         offsets[field] = (Py_ssize_t) * (int64_t *)(offsets_array.data + field * offsets_array.row_stride);
         Py_ssize_t bytes = lengths[field] == 0 ? 2 : 8 * (lengths[field] == -1 ? imbalances
@@ -318,7 +324,8 @@ static PyObject *book_metrics(PyObject *self, PyObject *args) {
     }
     within = PyMem_Malloc(2 * count * sizeof(Py_ssize_t));
     depth = PyMem_Malloc(2 * count * sizeof(double));
-    if (within == NULL || depth == NULL) {
+    near = PyMem_Calloc(exchanges ? exchanges : 1, sizeof(double));
+    if (within == NULL || depth == NULL || near == NULL) {
         PyErr_NoMemory();
         goto done;
     }
@@ -329,12 +336,11 @@ static PyObject *book_metrics(PyObject *self, PyObject *args) {
     double mid = both ? (AT1(bid_price, 0) + AT1(ask_price, 0)) / 2
                  : bids ? AT1(bid_price, 0) : asks ? AT1(ask_price, 0) : 0.0;
     double spread = both ? AT1(ask_price, 0) - AT1(bid_price, 0) : 0.0;
-    double totals[2];
+    double totals[2], notionals[2];
     const double *limit_values = (const double *)limits.data;
-    if (side_prefix(&bid_price, &bid_size, mid, 1, limit_values, count, within, depth, (double *)arrays[7].data,
-                    (double *)arrays[8].data, &totals[0]) < 0 ||
-        side_prefix(&ask_price, &ask_size, mid, 0, limit_values, count, within + count, depth + count,
-                    (double *)arrays[9].data, (double *)arrays[10].data, &totals[1]) < 0)
+    if (side_prefix(&bid_price, &bid_size, mid, 1, limit_values, count, within, depth, &totals[0], &notionals[0]) < 0 ||
+        side_prefix(&ask_price, &ask_size, mid, 0, limit_values, count, within + count, depth + count, &totals[1],
+                    &notionals[1]) < 0)
         goto done;
     *FIELD(M_MID) = mid;
     if (both) {
@@ -383,11 +389,24 @@ static PyObject *book_metrics(PyObject *self, PyObject *args) {
     }
     *FIELD(M_TOTAL_BID) = totals[0];
     *FIELD(M_TOTAL_ASK) = totals[1];
+    /* dominance: each exchange's bid size, then its ask size, within the last limit; their
+     * total added exchange after exchange (np.add.accumulate's order) */
+    add_near(&arrays[7], within[count - 1], near);
+    add_near(&arrays[8], within[2 * count - 1], near);
+    double near_total = 0.0;
+    for (Py_ssize_t e = 0; e < exchanges; e++)
+        near_total = e ? near_total + near[e] : near[e];
+    for (Py_ssize_t e = 0; e < exchanges; e++)
+        FIELD(M_DOMINANCE)[e] = near_total > 0.0 ? near[e] / near_total : 0.0;
+    *FIELD(M_BID_NOTIONAL) = notionals[0];
+    *FIELD(M_ASK_NOTIONAL) = notionals[1];
 #undef FIELD
-    result = Py_BuildValue("nn", within[count - 1], within[2 * count - 1]);
+    Py_INCREF(Py_None);
+    result = Py_None;
 done:
     PyMem_Free(within);
     PyMem_Free(depth);
+    PyMem_Free(near);
     for (Py_ssize_t i = 0; i < held; i++)
         release(&arrays[i]);
     release(&offsets_array);

@@ -194,27 +194,14 @@ def _record_view(out: np.void, dtype: np.dtype) -> np.ndarray:
 _FLOAT64, _UINT32, _INT16, _UINT8 = np.dtype(np.float64), np.dtype(np.uint32), np.dtype(np.int16), np.dtype(np.uint8)
 
 
-_ones = np.ones(0)
-
-
-def _ones_vector(count: int) -> np.ndarray:
-    """``count`` ones, from one shared read-only vector grown on demand (np.ones costs more
-    than the product it is used in)."""
-    global _ones
-    if len(_ones) < count:
-        ones = np.ones(max(count, 2 * len(_ones)))
-        ones.flags.writeable = False
-        _ones = ones
-    return _ones[:count]
-
-
 def _side_sums(
     side: SideArrays, mid: float, is_bid: bool, limits: np.ndarray
 ) -> tuple[np.ndarray, float, float, np.ndarray]:
     """One side's size within each of ``limits`` bp of the mid, its total size and notional,
     and its size per exchange within the last limit (the dominance distance). Distances grow
     along a side, so "within d bp" is a prefix, found by one search, and its size is a prefix
-    sum: the running sum whose last value is also the total."""
+    sum: the running sum whose last value is also the total. Every sum adds level after level
+    (np.add.accumulate), the order the C kernel's loops add in."""
     levels = len(side.price)
     prices = np.ascontiguousarray(side.price)  # columns of the level matrix are strided: one copy, then fast
     sizes = np.ascontiguousarray(side.size)
@@ -222,9 +209,11 @@ def _side_sums(
     running = np.empty(levels + 1)
     running[0] = 0.0
     np.add.accumulate(sizes, out=running[1:])
-    notional = float(prices @ sizes) if levels else 0.0
+    notional = float(np.add.accumulate(prices * sizes)[-1]) if levels else 0.0
     near = int(within[-1])
-    return running[within], float(running[levels]), notional, _ones_vector(near) @ side.exchange_size[:near]
+    by_exchange = side.exchange_size[:near]
+    near_sizes = np.add.accumulate(by_exchange, axis=0)[-1] if near else np.zeros(by_exchange.shape[1])
+    return running[within], float(running[levels]), notional, near_sizes
 
 
 def _exchange_spreads_bps(best_bids: np.ndarray, best_asks: np.ndarray) -> list[float]:
@@ -248,7 +237,7 @@ def _limits(settings: AnalyticsSettings) -> np.ndarray:
 _KERNEL_METRIC_FIELDS = (
     "mid", "vw_mid", "spread", "spread_bps", "imbalance_bps", "imbalance", "depth_steps_bps", "bid_depth", "ask_depth",
     "dominance_bps", "cross_spread", "cross_spread_bps", "cross_bid_exchange", "cross_ask_exchange",
-    "exchange_spread_bps", "total_bid_size", "total_ask_size",
+    "exchange_spread_bps", "total_bid_size", "total_ask_size", "dominance", "total_bid_notional", "total_ask_notional",
 )
 
 
@@ -271,35 +260,26 @@ def fill_metrics(
     settings: AnalyticsSettings,
 ) -> None:
     """Every metric of one book into ``out`` (a :func:`shm.book.metrics_dtype` record); the
-    caller sets ``generation``. With the C kernel, one call writes all but dominance and the
-    notional totals, whose sums are numpy's (BLAS, pairwise); otherwise the float fields from
-    ``mid`` to ``cross_spread_bps`` and from ``exchange_spread_bps`` to the end are consecutive,
-    so each run is one slice assignment."""
+    caller sets ``generation``. With the C kernel, one call writes every field; otherwise the
+    float fields from ``mid`` to ``cross_spread_bps`` and from ``exchange_spread_bps`` to the end
+    are consecutive, so each run is one slice assignment."""
     limits = _limits(settings)
-    slots = _field_slots(out.dtype)
     if kernel is not None and _float64(bids.price, bids.size, asks.price, asks.size, exchange_best_bid,
-                                       exchange_best_ask):
-        copies = [np.empty(len(side.price)) for side in (bids, asks) for _ in range(2)]  # contiguous price, size
-        bid_near, ask_near = kernel.book_metrics(
+                                       exchange_best_ask, bids.exchange_size, asks.exchange_size):
+        kernel.book_metrics(
             bids.price, bids.size, asks.price, asks.size, exchange_best_bid, exchange_best_ask, limits,
             len(settings.imbalance_bps), len(settings.depth_steps_bps), _record_view(out, _UINT8),
-            _kernel_metric_offsets(out.dtype), *copies,
+            _kernel_metric_offsets(out.dtype), bids.exchange_size, asks.exchange_size,
         )
-        near = _ones_vector(bid_near) @ bids.exchange_size[:bid_near] + _ones_vector(ask_near) @ asks.exchange_size[:ask_near]
-        near_total = np.add.reduce(near)  # = near.sum(), without the method's wrapper
-        floats = _record_view(out, _FLOAT64)
-        floats[slots["dominance"]] = near / near_total if near_total > 0.0 else 0.0
-        floats[slots["total_bid_notional"].start : slots["total_ask_notional"].stop] = [
-            float(prices @ sizes) if len(prices) else 0.0 for prices, sizes in (copies[:2], copies[2:])
-        ]
         return
+    slots = _field_slots(out.dtype)
     mid = mid_price(bids, asks)
     both = len(bids.price) and len(asks.price)
     spread = float(asks.price[0]) - float(bids.price[0]) if both else 0.0
     bid_within, bid_total, bid_notional, bid_near = _side_sums(bids, mid, True, limits)
     ask_within, ask_total, ask_notional, ask_near = _side_sums(asks, mid, False, limits)
     near = bid_near + ask_near
-    near_total = np.add.reduce(near)  # = near.sum(), without the method's wrapper
+    near_total = float(np.add.accumulate(near)[-1]) if len(near) else 0.0
     dominance = slots["dominance"]
     shares = (near / near_total).tolist() if near_total > 0.0 else [0.0] * (dominance.stop - dominance.start)
     imbalances = len(settings.imbalance_bps)

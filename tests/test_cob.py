@@ -245,9 +245,12 @@ def reference_metrics(
     out["imbalance"] = [imbalance(float(cumulative[0][k]), float(cumulative[1][k])) for k in range(count)]
     out["bid_depth"], out["ask_depth"] = cumulative[0][steps], cumulative[1][steps]
     out["dominance_bps"] = analytics.dominance_bps
-    near = np.ones(within[0][-1]) @ bids.exchange_size[: within[0][-1]]
-    near = near + np.ones(within[1][-1]) @ asks.exchange_size[: within[1][-1]]
-    out["dominance"] = near / near.sum() if near.sum() > 0.0 else 0.0
+    def level_after_level(values: np.ndarray) -> np.ndarray:  # every sum adds in level order
+        return np.cumsum(values, axis=0)[-1] if len(values) else np.zeros(values.shape[1:])
+
+    near = level_after_level(bids.exchange_size[: within[0][-1]]) + level_after_level(asks.exchange_size[: within[1][-1]])
+    near_total = level_after_level(near)
+    out["dominance"] = near / near_total if near_total > 0.0 else 0.0
     cross, bid_exchange, ask_exchange = cross_exchange_spread(best_bid, best_ask)
     out["cross_spread"] = cross
     out["cross_spread_bps"] = cross / mid * 1e4 if mid > 0.0 and bid_exchange >= 0 else 0.0
@@ -258,7 +261,7 @@ def reference_metrics(
     for name, side, sums in (("bid", bids, running[0]), ("ask", asks, running[1])):
         out[f"total_{name}_size"] = float(sums[-1]) if len(sums) else 0.0
         prices = np.ascontiguousarray(side.price)
-        out[f"total_{name}_notional"] = float(prices @ np.ascontiguousarray(side.size)) if len(sums) else 0.0
+        out[f"total_{name}_notional"] = float(level_after_level(prices * np.ascontiguousarray(side.size)))
 
 
 def reference_buckets(out, bids: SideArrays, asks: SideArrays, analytics: AnalyticsSettings) -> None:
