@@ -13,6 +13,8 @@ Prints one line per sample, then one JSON object on the last line:
 
 - ``rss_growth_pct_per_hour``: per actor, the slope of RSS over the run after ``--warmup-s``
   (least squares), as % of its RSS at the end of the warm-up, per hour (target: within 5%);
+  ``..._second_half``: the same over the second half of that window only, which tells a bounded
+  cache still filling (its slope falls) from a leak (it does not);
   RSS counts the shared-memory pages an actor has touched (the aggregator maps every book), so
   ``private_growth_pct_per_hour`` gives the same for private memory (USS), where a leak shows;
 - ``fds_start``/``fds_end``, ``shm_segments_start``/``shm_segments_end`` (target: equal);
@@ -177,13 +179,15 @@ def growth_pct_per_hour(times: np.ndarray, values: np.ndarray) -> float:
 
 def summarise(samples: list[dict], latencies: list[tuple[float, float]], warmup_s: float, started: float) -> dict:
     after = [s for s in samples if s["t"] - started >= warmup_s] or samples
-    times = np.array([s["t"] for s in after])
-    growth, private_growth = {}, {}
+    late = after[len(after) // 2 :]  # a bounded cache still filling slows down here; a leak does not
+    growth, private_growth, late_growth, late_private_growth = {}, {}, {}, {}
     for name in samples[-1]["actors"]:
-        rss = np.array([s["actors"].get(name, {}).get("rss", 0) for s in after], dtype=float)
-        private = np.array([s["actors"].get(name, {}).get("private", 0) for s in after], dtype=float)
-        growth[name] = round(growth_pct_per_hour(times, rss), 2)
-        private_growth[name] = round(growth_pct_per_hour(times, private), 2)
+        for window, rss_out, private_out in ((after, growth, private_growth), (late, late_growth, late_private_growth)):
+            times = np.array([s["t"] for s in window])
+            rss = np.array([s["actors"].get(name, {}).get("rss", 0) for s in window], dtype=float)
+            private = np.array([s["actors"].get(name, {}).get("private", 0) for s in window], dtype=float)
+            rss_out[name] = round(growth_pct_per_hour(times, rss), 2)
+            private_out[name] = round(growth_pct_per_hour(times, private), 2)
     start, end = samples[0], samples[-1]
     fds_start = start["supervisor_fds"] + sum(a["fds"] for a in start["actors"].values())
     fds_end = end["supervisor_fds"] + sum(a["fds"] for a in end["actors"].values())
@@ -198,6 +202,8 @@ def summarise(samples: list[dict], latencies: list[tuple[float, float]], warmup_
         "rss_growth_within_5pct": all(abs(value) <= 5.0 for value in growth.values()),
         "private_growth_pct_per_hour": private_growth,
         "private_growth_within_5pct": all(abs(value) <= 5.0 for value in private_growth.values()),
+        "rss_growth_pct_per_hour_second_half": late_growth,
+        "private_growth_pct_per_hour_second_half": late_private_growth,
         "rss_mb_end": {name: round(a["rss"] / 2**20, 1) for name, a in end["actors"].items()},
         "fds_start": fds_start,
         "fds_end": fds_end,
