@@ -28,7 +28,10 @@ Before the phases, ``wake_up_us``: one process waking another at the light phase
 nothing else to do, through a ZeroMQ PUSH/PULL doorbell (what the rings use) and through a
 futex on shared memory (``shm.wake``): the floor under the light-load latency.
 ``aggregator_cpu_per_light_frame``: the aggregator's own CPU per 3-level frame, driven by hand
-in this process (what its loop does for one frame), steadier than latencies on a shared host.
+in this process (what its loop does for one frame), steadier than latencies on a shared host;
+its ``steps_p50_us`` split the frame by wall clock: drain and apply, publish until the book is
+readable (the slot's ``publish_ts``), the rest of the publish (the bus message), and the look at
+the rings before sleeping. The first two are the aggregator's share of the light-load latency.
 ``--compare-numpy`` adds the light phase once more with the aggregator on its numpy fallback
 (``COBY_ANALYTICS_KERNEL=off``), for the C kernel's worth measured in the same run.
 
@@ -441,22 +444,36 @@ def cpu_per_frame_us(depth: int, frames: int = 6000) -> dict:
         pools = {(exchange, symbol): _frame_pool(exchange, symbol_ids[symbol], symbol, 3, seed=exchange * 31 + len(symbol))
                  for exchange in range(len(EXCHANGES)) for symbol in SYMBOLS}
         pairs = list(pools)
-        spent = []
+        instruments = {instrument.plan.name: instrument for instrument in actor.instruments}
+        spent, steps = [], []
+        clock = time.time_ns
         for sequence in range(1, frames + 1):
             exchange, symbol = pairs[sequence % len(pairs)]
             frame = pools[(exchange, symbol)][sequence % FRAME_POOL]
             frame["sequence"], frame["receive_ts"] = sequence, time.time_ns()
             rings[exchange].write(frame)
             started = time.thread_time_ns()
+            begun = clock()
             actor.drain()
+            drained = clock()
             actor.publish_due(time.monotonic())
+            published = clock()
             actor.wait_for_records(0.0)
+            checked = clock()
             spent.append((time.thread_time_ns() - started) / 1000)
+            writer = instruments[symbol].writer
+            generation = int(writer.generation)
+            readable = int(instruments[symbol].views[generation % writer.slot_count]["publish_ts"][0])
+            steps.append((drained - begun, readable - drained, published - readable, checked - published))
         loop.run_until_complete(actor.teardown())
         for ring in rings:
             ring.close()
         steady = np.array(spent[frames // 6 :])
-        return {"p50_us": round(float(np.percentile(steady, 50)), 1), "mean_us": round(float(steady.mean()), 1)}
+        step_us = np.array(steps[frames // 6 :]) / 1000
+        names = ("drain_and_apply", "publish_until_readable", "publish_after_readable", "ring_check_before_sleep")
+        return {"p50_us": round(float(np.percentile(steady, 50)), 1), "mean_us": round(float(steady.mean()), 1),
+                "steps_p50_us": {name: round(float(np.percentile(step_us[:, index], 50)), 1)
+                                 for index, name in enumerate(names)}}
     finally:
         loop.close()
         supervisor.shutdown()
