@@ -9,7 +9,9 @@ The book is read from shared memory (a :class:`engine.features.BookSampler` copy
 the aggregator's ``book.<symbol>`` message says it changed, at most every
 ``signals.min_interval_ms``, and at least every ``signals.update_ms`` so lasting episodes
 are updated and ended on time. The latest ``signals.recent`` signals of each instrument
-are kept in memory and served on ``endpoints.signals`` (REQ/REP, msgpack:
+are kept in memory, as the msgpack bytes they were published as (a third of the memory of
+the dicts: 1,000 signals × every instrument fill over hours), and served on
+``endpoints.signals`` (REQ/REP, msgpack:
 ``{"command": "recent", "symbol": s, "count": n}`` → ``{"ok": true, "signals": [...]}``),
 which is what ``engine.client.Engine.recent_signals`` asks.
 
@@ -565,13 +567,15 @@ class SignalsActor(Actor):
         signals += anomalies.evaluate(instrument.sampler, now_ns, arbitrage_open=bool(arbitrage.open))
         for signal in signals:
             signal["mode"] = self.mode
-            instrument.recent.append(signal)
-            self.publisher.publish(f"signal.{instrument.name}.{signal['kind']}", signal)
+            packed = msgpack.packb(signal, use_bin_type=True)
+            instrument.recent.append(packed)
+            self.publisher.publish_packed(f"signal.{instrument.name}.{signal['kind']}", packed)
             if signal["state"] == "open":
                 self.log.info("signal", kind=signal["kind"], symbol=instrument.name, reason=signal["reason"])
 
     def answer(self) -> None:
-        """One ``recent`` request; a malformed one gets an error reply, never an exception."""
+        """One ``recent`` request; a malformed one gets an error reply, never an exception. The
+        kept signals are already msgpack: the reply is written around them, none is decoded."""
         try:
             request = msgpack.unpackb(self.queries.recv(), raw=False)
             instrument = self.instruments.get(request.get("symbol")) if isinstance(request, dict) else None
@@ -582,7 +586,11 @@ class SignalsActor(Actor):
                                                 f"{sorted(self.instruments)}"}
             else:
                 count = max(int(request.get("count", 100)), 0)
-                reply = {"ok": True, "signals": list(instrument.recent)[-count:] if count else []}
+                kept = list(instrument.recent)[-count:] if count else []
+                packer = msgpack.Packer(use_bin_type=True)
+                self.queries.send(b"".join([packer.pack_map_header(2), packer.pack("ok"), packer.pack(True),
+                                            packer.pack("signals"), packer.pack_array_header(len(kept)), *kept]))
+                return
         except (ValueError, TypeError, msgpack.UnpackException) as error:
             reply = {"ok": False, "error": f"could not read the request: {error}"}
         self.queries.send(msgpack.packb(reply, use_bin_type=True))

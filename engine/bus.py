@@ -141,8 +141,12 @@ class Publisher:
 
     def publish(self, topic: str, payload: dict[str, Any]) -> None:
         """Fire and forget: a slow or absent subscriber never blocks the publisher."""
+        self.publish_packed(topic, msgpack.packb(payload, use_bin_type=True))
+
+    def publish_packed(self, topic: str, packed: bytes) -> None:
+        """:meth:`publish` of a payload already msgpack-packed (one a caller also keeps)."""
         try:
-            self.socket.send_multipart(encode(topic, payload), flags=zmq.NOBLOCK)
+            self.socket.send_multipart([topic.encode(), packed], flags=zmq.NOBLOCK)
         except zmq.Again:
             pass
 
