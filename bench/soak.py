@@ -17,7 +17,9 @@ Prints one line per sample, then one JSON object on the last line:
   cache still filling (its slope falls) from a leak (it does not);
   RSS counts the shared-memory pages an actor has touched (the aggregator maps every book), so
   ``private_growth_pct_per_hour`` gives the same for private memory (USS), where a leak shows;
-- ``fds_start``/``fds_end``, ``shm_segments_start``/``shm_segments_end`` (target: equal);
+- ``fds_start``/``fds_after_warmup``/``fds_end``, ``shm_segments_start``/``shm_segments_end``
+  (target: equal; the first sample can still hold start-up's REST connections, so ``fds_flat``
+  compares the end with the first sample after the warm-up);
 - ``latency_p99_ms_first_10pct``/``last_10pct`` and their ratio (target: within 20%);
 - resyncs over the run, max ring and feed fill, and the figures behind each verdict.
 
@@ -189,8 +191,11 @@ def summarise(samples: list[dict], latencies: list[tuple[float, float]], warmup_
             rss_out[name] = round(growth_pct_per_hour(times, rss), 2)
             private_out[name] = round(growth_pct_per_hour(times, private), 2)
     start, end = samples[0], samples[-1]
-    fds_start = start["supervisor_fds"] + sum(a["fds"] for a in start["actors"].values())
-    fds_end = end["supervisor_fds"] + sum(a["fds"] for a in end["actors"].values())
+
+    def fds(sample: dict) -> int:
+        return sample["supervisor_fds"] + sum(a["fds"] for a in sample["actors"].values())
+
+    fds_start, fds_after_warmup, fds_end = fds(start), fds(after[0]), fds(end)
     span = end["t"] - started
     first = [ms for t, ms in latencies if t - started <= 0.1 * span]
     last = [ms for t, ms in latencies if t - started >= 0.9 * span]
@@ -206,7 +211,9 @@ def summarise(samples: list[dict], latencies: list[tuple[float, float]], warmup_
         "private_growth_pct_per_hour_second_half": late_private_growth,
         "rss_mb_end": {name: round(a["rss"] / 2**20, 1) for name, a in end["actors"].items()},
         "fds_start": fds_start,
+        "fds_after_warmup": fds_after_warmup,  # the start sample may catch start-up's REST connections
         "fds_end": fds_end,
+        "fds_flat": fds_end <= fds_after_warmup,
         "shm_segments_start": start["shm_segments"],
         "shm_segments_end": end["shm_segments"],
         "shm_bytes_start": start["shm_bytes"],
