@@ -1212,9 +1212,9 @@ class RestSeededConnector(BookResender, Connector):
         lists (``[price, size]`` pairs unless ``apply_levels`` says otherwise): buffer it, or
         check, apply and write it.
 
-        The in-sync path is written out in this one function around ``apply_levels``
-        (:func:`apply_frame` unless the venue's levels are not pairs): it runs for every frame.
-        Venue modules read a delta's fields in ``on_message`` and call this directly."""
+        The in-sync path is the sequence check, ``apply_levels`` (:func:`apply_frame` unless
+        the venue's levels are not pairs) and :meth:`publish_live_delta`. Venue modules read a
+        delta's fields in ``on_message`` and call this directly."""
         counters = feed.counters
         counters.frames += 1
         counters.last_exchange_ts = exchange_ts
@@ -1248,6 +1248,16 @@ class RestSeededConnector(BookResender, Connector):
             self.frame_rejected = True
             self._resync(feed, Reason.MALFORMED, receive_ts)
             return
+        self.publish_live_delta(feed, count, last_id, exchange_ts, receive_ts)
+
+    def publish_live_delta(self, feed: SymbolFeed, count: int, last_id: int, exchange_ts: int, receive_ts: int) -> None:
+        """What follows a live, in-sequence delta whose ``count`` LEVEL records are applied to the
+        book and packed in its scratch: the counters, depth truncation, the crossed-book and
+        cross-checked-top rules (either resyncs, before anything is written), then one ring write.
+        Every venue's live delta path ends here."""
+        counters = feed.counters
+        book = feed.book
+        records = feed.records
         feed.last_id = last_id
         counters.frames_applied += 1
         counters.levels_applied += count
@@ -1264,8 +1274,8 @@ class RestSeededConnector(BookResender, Connector):
             self._resync(feed, Reason.CROSS_CHECK, receive_ts)  # before writing: the consumer never sees it
             return
         if not feed.resend_pending:
-            write_records = records.sink_write_records  # write_levels inlined: a method call is ~0.1 µs
-            if not write_records(records.scratch, count):
+            write_records = records.sink_write_records
+            if not write_records(records.scratch, count):  # truncating may have grown the scratch
                 records.output.lost(records.batches[count])
                 self._after_write()
 
@@ -1282,10 +1292,9 @@ class RestSeededConnector(BookResender, Connector):
     ) -> None:
         """:meth:`on_delta` for levels a typed decoder already validated as ``(price, size)``
         floats (:mod:`actors.connectors.wire`): a live, bridged, in-sequence delta is applied
-        and written here with no parsing and no call per frame (bench/connectors.py); every
-        other case is :meth:`on_delta`'s, which takes these levels as it takes raw ones. What
-        follows the levels is :meth:`on_delta`'s tail written out: a change to one belongs in
-        the other."""
+        and written here with no parsing (bench/connectors.py); every other case is
+        :meth:`on_delta`'s, which takes these levels as it takes raw ones. Both end in
+        :meth:`publish_live_delta`."""
         prior_last_id = feed.last_id
         if (
             feed.state is not _LIVE
@@ -1314,26 +1323,7 @@ class RestSeededConnector(BookResender, Connector):
             self.frame_rejected = True
             self._resync(feed, Reason.MALFORMED, receive_ts)
             return
-        feed.last_id = last_id
-        counters.frames_applied += 1
-        counters.levels_applied += needed
-        bid_prices = book.bid_prices
-        ask_prices = book.ask_prices
-        depth_limit = self.depth_limit
-        if depth_limit is not None and (len(bid_prices) > depth_limit or len(ask_prices) > depth_limit):
-            needed = self._truncate(feed, needed, last_id, exchange_ts, receive_ts)
-        if bid_prices and ask_prices and bid_prices[-1] >= ask_prices[0]:
-            counters.crossed += 1
-            self._resync(feed, Reason.CROSSED, receive_ts)
-            return
-        if feed.expected_tops and not self._check_expected_tops(feed):
-            self._resync(feed, Reason.CROSS_CHECK, receive_ts)  # before writing: the consumer never sees it
-            return
-        if not feed.resend_pending:
-            write_records = records.sink_write_records
-            if not write_records(records.scratch, needed):  # truncating may have grown the scratch
-                records.output.lost(records.batches[needed])
-                self._after_write()
+        self.publish_live_delta(feed, needed, last_id, exchange_ts, receive_ts)
 
     def _on_delta_not_live(self, feed: SymbolFeed, raw_delta: tuple) -> None:
         if feed.state is _BUFFERING:

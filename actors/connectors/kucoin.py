@@ -598,8 +598,8 @@ class KucoinConnector(RestSeededConnector):
         """:meth:`on_delta` for a typed delta of a live, bridged book that follows on (sizes
         already validated floats): no tuple per frame (bench/connectors.py). The same steps in
         the same order, so a bad change leaves the book and the counters as on_delta would:
-        the levels before it applied, then a parse error and a resync. A change to one belongs
-        in the other.
+        the levels before it applied, then a parse error and a resync; then, as on_delta,
+        :meth:`publish_live_delta`.
 
         One sequence-only change (a price "0": a third of the recorded frames) leaves the book
         as it was, and a live book is always within its depth and uncrossed (the snapshot and
@@ -625,26 +625,7 @@ class KucoinConnector(RestSeededConnector):
             self.frame_rejected = True
             self._resync(feed, Reason.MALFORMED, receive_ts)
             return
-        feed.last_id = last_id
-        counters.frames_applied += 1
-        counters.levels_applied += count
-        bid_prices = book.bid_prices
-        ask_prices = book.ask_prices
-        depth_limit = self.depth_limit
-        if depth_limit is not None and (len(bid_prices) > depth_limit or len(ask_prices) > depth_limit):
-            count = self._truncate(feed, count, last_id, exchange_ts, receive_ts)
-        if bid_prices and ask_prices and bid_prices[-1] >= ask_prices[0]:
-            counters.crossed += 1
-            self._resync(feed, Reason.CROSSED, receive_ts)
-            return
-        if feed.expected_tops and not self._check_expected_tops(feed):
-            self._resync(feed, Reason.CROSS_CHECK, receive_ts)  # before writing: the consumer never sees it
-            return
-        if not feed.resend_pending:
-            write_records = records.sink_write_records
-            if not write_records(records.scratch, count):
-                records.output.lost(records.batches[count])
-                self._after_write()
+        self.publish_live_delta(feed, count, last_id, exchange_ts, receive_ts)
 
     def _on_l2update(self, feed: SymbolFeed, data: dict[str, Any], receive_ts: int) -> None:
         try:
