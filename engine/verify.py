@@ -34,6 +34,7 @@ from dataclasses import fields
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 import numpy as np
 
@@ -218,12 +219,21 @@ def _path_and_query(url: str) -> tuple[str, frozenset[str]]:
 
 
 def _snapshot_for(native_symbol: str, snapshots: list[RecordedLine]) -> RecordedLine | None:
-    """The first unused recorded snapshot of that symbol (matched by symbol, not URL)."""
-    pattern = re.compile(rf"(?<![A-Za-z0-9]){re.escape(native_symbol)}(?![A-Za-z0-9])", re.IGNORECASE)
+    """The first unused recorded snapshot of that symbol: one whose URL has the symbol as a
+    whole path segment or query value (any host), so ``ETH-USDT`` never takes the answer
+    recorded for ``ETH-USDT-SWAP``."""
+    wanted = native_symbol.lower()
     for index, line in enumerate(snapshots):
-        if pattern.search(line.url):
+        if wanted in _url_names(line.url):
             return snapshots.pop(index)
     return None
+
+
+def _url_names(url: str) -> set[str]:
+    parts = urlsplit(url)
+    return {segment.lower() for segment in parts.path.split("/") if segment} | {
+        value.lower() for _key, value in parse_qsl(parts.query)
+    }
 
 
 def _merged_stream(ws_files: list[Path], planned: int) -> list[Frame]:

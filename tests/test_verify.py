@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 
 from engine.config import Config
-from engine.verify import recordings, verify_recording
-from sim.recorded import recording_prefix
+from engine.verify import _snapshot_for, recordings, verify_recording
+from sim.recorded import LineKind, RecordedLine, recording_prefix
 from tests.engine_support import unique_instance
 
 # Per recording: figures that must come out exactly (from ../shared/recorded/README.md).
@@ -135,6 +135,22 @@ def test_a_dropped_frame_is_a_gap_and_fails_the_run(recorded: Path, tmp_path: Pa
     assert result.returncode == 1
     report = json.loads(result.stdout)
     assert report["gaps"] == 1 and report["resyncs"] == 1
+
+
+def test_a_snapshot_request_takes_the_answer_recorded_for_that_exact_symbol() -> None:
+    """Under load the perpetual's answer can be recorded before the spot one's; a symbol that
+    is a prefix of another must still get its own (CI once replayed ETH-USDT from ETH-USDT-SWAP)."""
+    def answer(url: str) -> RecordedLine:
+        return RecordedLine(LineKind.HTTP_RESPONSE, 1, url, "{}")
+
+    swap = answer("http://127.0.0.1:1/api/v5/market/books?instId=ETH-USDT-SWAP&sz=400")
+    spot = answer("http://127.0.0.1:1/api/v5/market/books?instId=ETH-USDT&sz=400")
+    path = answer("https://www.bitstamp.net/api/v2/order_book/ethusd/")
+    snapshots = [swap, spot, path]
+    assert _snapshot_for("ETH-USDT", snapshots) is spot
+    assert _snapshot_for("ETH-USDT", snapshots) is None
+    assert _snapshot_for("ETHUSD", snapshots) is path
+    assert _snapshot_for("ETH-USDT-SWAP", snapshots) is swap and snapshots == []
 
 
 def test_an_unknown_recording_or_an_empty_path_is_reported(tmp_path: Path) -> None:
