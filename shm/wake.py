@@ -30,7 +30,7 @@ def _can_wait() -> bool:
     if _wake is None:
         return False
     try:
-        _wake.wait_any([(bytearray(8), 0, 1)], 0.0)  # the word holds 0, not 1: returns at once
+        _wake.wait_any([(bytearray(8), 0, 0)], 1e-6)  # the word holds 0: a real 1 µs sleep in the kernel
     except OSError:
         return False
     return True
