@@ -42,7 +42,9 @@ from engine.actor import Actor
 from engine.bus import Publisher
 from engine.cob import ConsolidatedBook, Conversion, MemberSpec
 from engine.instruments import InstrumentPlan, Member, instrument_plans
-from engine.microstructure import AnalyticsSettings, SideArrays, fill_buckets, fill_metrics, kernel
+from engine.microstructure import (
+    AnalyticsSettings, SideArrays, fill_buckets, fill_metrics, kernel, kernel_metrics_arguments,
+)
 from shm import wake
 from shm.book import FIRST_EXCHANGE, ORDERS, PRICE, SIZE, BookWriter
 from shm.records import ALL_SYMBOLS, Kind, Reason, Side, Status
@@ -150,9 +152,16 @@ class Instrument:
             # the metrics record as float64 (what the bus message reads) and its generation
             views["metrics_floats"] = slots["metrics"][index : index + 1].view(np.float64)
             views["metrics_generation"] = views["metrics_floats"].view(np.uint64)[metric_slots["generation"]]
+            if kernel is not None:
+                views["metrics_arguments"] = kernel_metrics_arguments(self.analytics, views["metrics"][0])
         self.message_fields = [(name, metric_slots[name].start) for name in ("mid", "vw_mid", "spread_bps")]
         self.imbalance_slot = metric_slots["imbalance"]
         self.cross_spread_bps_slot = metric_slots["cross_spread_bps"].start
+
+
+def _side_arrays(levels: np.ndarray, count: int) -> SideArrays:
+    """The first ``count`` rows of a published level matrix as the analytics take them."""
+    return SideArrays(levels[:count, PRICE], levels[:count, SIZE], levels[:count, ORDERS], levels[:count, FIRST_EXCHANGE:])
 
 
 def _metric_slots(dtype: np.dtype) -> dict[str, slice]:
@@ -651,17 +660,18 @@ class AggregatorActor(Actor):
         generation = int(writer.generation) + 1
         slot_index = generation % writer.slot_count
         views = instrument.views[slot_index]
-        sides = {}
-        for name, key, side in (("bid", "bids", consolidated.bids), ("ask", "asks", consolidated.asks)):
-            count = side.count
-            counter = views[f"{name}_levels"]
-            previous = int(counter[0])
-            levels = views[key]
-            if kernel is not None:  # one pass: reversed into place, members summed per exchange, stale rows zeroed
-                block = side.buffer[side.start : side.start + count]
-                kernel.copy_side(block, levels, previous, instrument.column_exchange_ids)
-            else:
-                top = side.top()
+        bid_counter, ask_counter = views["bid_levels"], views["ask_levels"]
+        bid_side, ask_side = consolidated.bids, consolidated.asks
+        if kernel is not None:  # one call: both sides reversed into place (members summed per exchange,
+            kernel.publish_sides(  # stale rows zeroed), then the metrics read back from the slot
+                bid_side.buffer[bid_side.start : bid_side.start + bid_side.count],
+                ask_side.buffer[ask_side.start : ask_side.start + ask_side.count],
+                views["bids"], views["asks"], int(bid_counter[0]), int(ask_counter[0]),
+                instrument.column_exchange_ids, best["bid"], best["ask"], *views["metrics_arguments"],
+            )
+        else:
+            for key, counter, side in (("bids", bid_counter, bid_side), ("asks", ask_counter, ask_side)):
+                count, previous, levels, top = side.count, int(counter[0]), views[key], side.top()
                 if instrument.direct:
                     levels[:count] = top
                 else:
@@ -671,9 +681,9 @@ class AggregatorActor(Actor):
                         levels[:count, FIRST_EXCHANGE + exchange] += top[:, FIRST_EXCHANGE + column]
                 if previous > count:
                     levels[count:previous] = 0.0
-            counter[0] = count
-            sides[name] = SideArrays(levels[:count, PRICE], levels[:count, SIZE], levels[:count, ORDERS],
-                                     levels[:count, FIRST_EXCHANGE:])
+            fill_metrics(views["metrics"][0], _side_arrays(views["bids"], bid_side.count),
+                         _side_arrays(views["asks"], ask_side.count), best["bid"], best["ask"], instrument.analytics)
+        bid_counter[0], ask_counter[0] = bid_side.count, ask_side.count
         written = instrument.slot_exchange_fields[slot_index]
         for position, (name, values) in enumerate(zip(EXCHANGE_FIELDS, per_exchange)):
             if values != written[position]:  # status fields rarely change: only what differs from the slot's
@@ -684,11 +694,11 @@ class AggregatorActor(Actor):
         views["exchange_best_bid_size"][:] = best_size["bid"]
         views["exchange_best_ask_size"][:] = best_size["ask"]
         views["records_applied"][0] = instrument.records_applied
-        fill_metrics(views["metrics"][0], sides["bid"], sides["ask"], best["bid"], best["ask"], instrument.analytics)
         views["metrics_generation"][0] = generation
         if instrument.buckets_due or now - instrument.last_buckets >= self.buckets_interval:
             buckets = views["buckets"][0]
-            fill_buckets(buckets, sides["bid"], sides["ask"], instrument.analytics)
+            fill_buckets(buckets, _side_arrays(views["bids"], bid_side.count), _side_arrays(views["asks"], ask_side.count),
+                         instrument.analytics)
             buckets["generation"] = generation
             buckets["computed_ts"] = time.time_ns()
             instrument.last_buckets = now
@@ -707,8 +717,8 @@ class AggregatorActor(Actor):
             "mode": self.mode,
             "generation": generation,
             "publish_ts": views["publish_ts"].item(0),
-            "best_bid": sides["bid"].price.item(0) if len(sides["bid"].price) else None,
-            "best_ask": sides["ask"].price.item(0) if len(sides["ask"].price) else None,
+            "best_bid": views["bids"].item(0, PRICE) if bid_side.count else None,
+            "best_ask": views["asks"].item(0, PRICE) if ask_side.count else None,
         }
         for name, index in instrument.message_fields:
             message[name] = metric_values.item(index)

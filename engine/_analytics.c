@@ -123,70 +123,48 @@ static PyObject *column_tops(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-/* copy_side(block, dest, previous, column_exchange): the working block (worst first) into the
- * published level matrix ``dest`` best first, rows ``count..previous`` of dest zeroed. With
- * ``column_exchange`` None the columns are the same; otherwise (int64, one per member) each
- * member's sizes are added into its exchange's column, members in column order from 0.0. */
-static PyObject *copy_side(PyObject *self, PyObject *args) {
-    PyObject *block_object, *dest_object, *mapping_object;
-    Py_ssize_t previous;
-    if (!PyArg_ParseTuple(args, "OOnO", &block_object, &dest_object, &previous, &mapping_object))
-        return NULL;
-    Array block, dest, mapping = {.data = NULL};
-    if (get_array(block_object, &block, 'd', 2, 0, "block") < 0)
-        return NULL;
-    if (get_array(dest_object, &dest, 'd', 2, 1, "dest") < 0) {
-        release(&block);
-        return NULL;
-    }
-    int direct = mapping_object == Py_None;
-    if (!direct && get_array(mapping_object, &mapping, 'q', 1, 0, "column_exchange") < 0) {
-        release(&block);
-        release(&dest);
-        return NULL;
-    }
-    Py_ssize_t count = block.rows, members = block.cols - FIRST_EXCHANGE;
-    int ok = count <= dest.rows && previous <= dest.rows && members >= 0 && dest.col_stride == 8 &&
-             block.col_stride == 8;
+/* The working block (worst first) into the published level matrix ``dest`` best first, rows
+ * ``count..previous`` of dest zeroed. With ``mapping`` NULL the columns are the same; otherwise
+ * (int64, one per member) each member's sizes are added into its exchange's column, members in
+ * column order from 0.0. 0, or -1 with an exception set. */
+static int copy_block(const Array *block, const Array *dest, Py_ssize_t previous, const Array *mapping) {
+    Py_ssize_t count = block->rows, members = block->cols - FIRST_EXCHANGE;
+    int direct = mapping == NULL;
+    int ok = count <= dest->rows && previous <= dest->rows && members >= 0 && dest->col_stride == 8 &&
+             block->col_stride == 8;
     if (ok && direct)
-        ok = block.cols == dest.cols;
+        ok = block->cols == dest->cols;
     if (ok && !direct) {
-        ok = mapping.rows == members;
+        ok = mapping->rows == members;
         for (Py_ssize_t member = 0; ok && member < members; member++) {
-            int64_t exchange = *(int64_t *)(mapping.data + member * mapping.row_stride);
-            ok = exchange >= 0 && FIRST_EXCHANGE + exchange < dest.cols;
+            int64_t exchange = *(int64_t *)(mapping->data + member * mapping->row_stride);
+            ok = exchange >= 0 && FIRST_EXCHANGE + exchange < dest->cols;
         }
     }
     if (!ok) {
-        release(&block);
-        release(&dest);
-        release(&mapping);
-        PyErr_SetString(PyExc_ValueError, "copy_side: shapes do not fit");
-        return NULL;
+        PyErr_SetString(PyExc_ValueError, "publish_sides: a working block does not fit its level matrix");
+        return -1;
     }
     for (Py_ssize_t rank = 0; rank < count; rank++) {
-        const double *source = (const double *)(block.data + (count - 1 - rank) * block.row_stride);
-        double *target = (double *)(dest.data + rank * dest.row_stride);
+        const double *source = (const double *)(block->data + (count - 1 - rank) * block->row_stride);
+        double *target = (double *)(dest->data + rank * dest->row_stride);
         if (direct) {
-            memcpy(target, source, block.cols * sizeof(double));
+            memcpy(target, source, block->cols * sizeof(double));
             continue;
         }
         target[PRICE] = source[PRICE];
         target[SIZE] = source[SIZE];
         target[ORDERS] = source[ORDERS];
-        for (Py_ssize_t column = FIRST_EXCHANGE; column < dest.cols; column++)
+        for (Py_ssize_t column = FIRST_EXCHANGE; column < dest->cols; column++)
             target[column] = 0.0;
         for (Py_ssize_t member = 0; member < members; member++) {
-            int64_t exchange = *(int64_t *)(mapping.data + member * mapping.row_stride);
+            int64_t exchange = *(int64_t *)(mapping->data + member * mapping->row_stride);
             target[FIRST_EXCHANGE + exchange] += source[FIRST_EXCHANGE + member];
         }
     }
     for (Py_ssize_t rank = count; rank < previous; rank++)
-        memset(dest.data + rank * dest.row_stride, 0, dest.cols * sizeof(double));
-    release(&block);
-    release(&dest);
-    release(&mapping);
-    Py_RETURN_NONE;
+        memset(dest->data + rank * dest->row_stride, 0, dest->cols * sizeof(double));
+    return 0;
 }
 
 /* One side's prefix sums: for each of ``count`` limits, how many levels lie within it of the mid
@@ -274,62 +252,41 @@ static int two_best(const Array *prices, int is_bid, Py_ssize_t *best) {
     return found;
 }
 
-/* book_metrics(bid_price, bid_size, ask_price, ask_size, exchange_best_bid, exchange_best_ask,
- *              limits, imbalances, steps, record, offsets, bid_exchange_size, ask_exchange_size)
- * Every metric of engine/microstructure.py fill_metrics straight into the record (``offsets``:
- * byte offsets of its fields, in the order of the M_ enum). Same operations, same order. */
-static PyObject *book_metrics(PyObject *self, PyObject *args) {
-    PyObject *objects[9];
-    Py_ssize_t imbalances, steps;
-    PyObject *record_object, *offsets_object;
-    if (!PyArg_ParseTuple(args, "OOOOOOOnnOOOO", &objects[0], &objects[1], &objects[2], &objects[3], &objects[4],
-                          &objects[5], &objects[6], &imbalances, &steps, &record_object, &offsets_object,
-                          &objects[7], &objects[8]))
-        return NULL;
-    static const int dims[9] = {1, 1, 1, 1, 1, 1, 1, 2, 2};
-    static const char *names[9] = {"bid_price", "bid_size", "ask_price", "ask_size", "exchange_best_bid",
-                                   "exchange_best_ask", "limits", "bid_exchange_size", "ask_exchange_size"};
-    Array arrays[9], offsets_array = {.data = NULL};
-    Py_buffer record;
-    int have_record = 0;
-    PyObject *result = NULL;
-    Py_ssize_t held = 0, *within = NULL;
-    double *depth = NULL, *near = NULL;
-    for (; held < 9; held++)
-        if (get_array(objects[held], &arrays[held], 'd', dims[held], 0, names[held]) < 0)
-            goto done;
-    if (get_array(offsets_object, &offsets_array, 'q', 1, 0, "offsets") < 0 ||
-        PyObject_GetBuffer(record_object, &record, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0)
-        goto done;
-    have_record = 1;
-    Array bid_price = arrays[0], bid_size = arrays[1], ask_price = arrays[2], ask_size = arrays[3];
-    Array best_bid = arrays[4], best_ask = arrays[5], limits = arrays[6];
+/* Every metric of engine/microstructure.py fill_metrics into ``base`` (a metrics record of
+ * ``record_len`` bytes; ``offset_values``: byte offsets of its fields, in the order of the M_
+ * enum). Same operations, same order. 0, or -1 with an exception set. */
+static int metrics_into(const Array *sides, const Array *best_bid_array, const Array *best_ask_array,
+                        const Array *limits_array, Py_ssize_t imbalances, Py_ssize_t steps, char *base,
+                        Py_ssize_t record_len, const Array *offsets_array) {
+    /* sides: bid price, bid size, ask price, ask size, bid exchange sizes, ask exchange sizes */
+    Array bid_price = sides[0], bid_size = sides[1], ask_price = sides[2], ask_size = sides[3];
+    Array best_bid = *best_bid_array, best_ask = *best_ask_array, limits = *limits_array;
     Py_ssize_t count = limits.rows, exchanges = best_bid.rows;
     int ok = bid_size.rows == bid_price.rows && ask_size.rows == ask_price.rows && best_ask.rows == exchanges &&
-             imbalances >= 0 && steps >= 0 && count == imbalances + steps + 1 && offsets_array.rows == M_FIELDS &&
-             arrays[7].rows == bid_price.rows && arrays[8].rows == ask_price.rows &&
-             arrays[7].cols == exchanges && arrays[8].cols == exchanges && limits.row_stride == 8;
+             imbalances >= 0 && steps >= 0 && count == imbalances + steps + 1 && offsets_array->rows == M_FIELDS &&
+             sides[4].rows == bid_price.rows && sides[5].rows == ask_price.rows &&
+             sides[4].cols == exchanges && sides[5].cols == exchanges && limits.row_stride == 8;
     Py_ssize_t offsets[M_FIELDS];
     static const int lengths[M_FIELDS] = {1, 1, 1, 1, -1, -1, -2, -2, -2, 1, 1, 1, 0, 0, -3, 1, 1, -3, 1, 1};
     for (int field = 0; ok && field < M_FIELDS; field++) {
-        offsets[field] = (Py_ssize_t) * (int64_t *)(offsets_array.data + field * offsets_array.row_stride);
+        offsets[field] = (Py_ssize_t) * (int64_t *)(offsets_array->data + field * offsets_array->row_stride);
         Py_ssize_t bytes = lengths[field] == 0 ? 2 : 8 * (lengths[field] == -1 ? imbalances
                                                         : lengths[field] == -2 ? steps
                                                         : lengths[field] == -3 ? exchanges : 1);
-        ok = offsets[field] >= 0 && offsets[field] + bytes <= record.len;
+        ok = offsets[field] >= 0 && offsets[field] + bytes <= record_len;
     }
     if (!ok) {
         PyErr_SetString(PyExc_ValueError, "book_metrics: shapes do not fit");
-        goto done;
+        return -1;
     }
-    within = PyMem_Malloc(2 * count * sizeof(Py_ssize_t));
-    depth = PyMem_Malloc(2 * count * sizeof(double));
-    near = PyMem_Calloc(exchanges ? exchanges : 1, sizeof(double));
+    int result = -1;
+    Py_ssize_t *within = PyMem_Malloc(2 * count * sizeof(Py_ssize_t));
+    double *depth = PyMem_Malloc(2 * count * sizeof(double));
+    double *near = PyMem_Calloc(exchanges ? exchanges : 1, sizeof(double));
     if (within == NULL || depth == NULL || near == NULL) {
         PyErr_NoMemory();
         goto done;
     }
-    char *base = record.buf;
 #define FIELD(name) ((double *)(base + offsets[name]))
     Py_ssize_t bids = bid_price.rows, asks = ask_price.rows;
     int both = bids && asks;
@@ -391,8 +348,8 @@ static PyObject *book_metrics(PyObject *self, PyObject *args) {
     *FIELD(M_TOTAL_ASK) = totals[1];
     /* dominance: each exchange's bid size, then its ask size, within the last limit; their
      * total added exchange after exchange (np.add.accumulate's order) */
-    add_near(&arrays[7], within[count - 1], near);
-    add_near(&arrays[8], within[2 * count - 1], near);
+    add_near(&sides[4], within[count - 1], near);
+    add_near(&sides[5], within[2 * count - 1], near);
     double near_total = 0.0;
     for (Py_ssize_t e = 0; e < exchanges; e++)
         near_total = e ? near_total + near[e] : near[e];
@@ -401,14 +358,107 @@ static PyObject *book_metrics(PyObject *self, PyObject *args) {
     *FIELD(M_BID_NOTIONAL) = notionals[0];
     *FIELD(M_ASK_NOTIONAL) = notionals[1];
 #undef FIELD
-    Py_INCREF(Py_None);
-    result = Py_None;
+    result = 0;
 done:
     PyMem_Free(within);
     PyMem_Free(depth);
     PyMem_Free(near);
+    return result;
+}
+
+/* book_metrics(bid_price, bid_size, ask_price, ask_size, exchange_best_bid, exchange_best_ask,
+ *              limits, imbalances, steps, record, offsets, bid_exchange_size, ask_exchange_size)
+ * Every metric of engine/microstructure.py fill_metrics straight into the record. */
+static PyObject *book_metrics(PyObject *self, PyObject *args) {
+    PyObject *objects[9];
+    Py_ssize_t imbalances, steps;
+    PyObject *record_object, *offsets_object;
+    if (!PyArg_ParseTuple(args, "OOOOOOOnnOOOO", &objects[0], &objects[1], &objects[2], &objects[3], &objects[4],
+                          &objects[5], &objects[6], &imbalances, &steps, &record_object, &offsets_object,
+                          &objects[7], &objects[8]))
+        return NULL;
+    static const int dims[9] = {1, 1, 1, 1, 1, 1, 1, 2, 2};
+    static const char *names[9] = {"bid_price", "bid_size", "ask_price", "ask_size", "exchange_best_bid",
+                                   "exchange_best_ask", "limits", "bid_exchange_size", "ask_exchange_size"};
+    Array arrays[9], offsets_array = {.data = NULL};
+    Py_buffer record;
+    int have_record = 0;
+    PyObject *result = NULL;
+    Py_ssize_t held = 0;
+    for (; held < 9; held++)
+        if (get_array(objects[held], &arrays[held], 'd', dims[held], 0, names[held]) < 0)
+            goto done;
+    if (get_array(offsets_object, &offsets_array, 'q', 1, 0, "offsets") < 0 ||
+        PyObject_GetBuffer(record_object, &record, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0)
+        goto done;
+    have_record = 1;
+    Array sides[6] = {arrays[0], arrays[1], arrays[2], arrays[3], arrays[7], arrays[8]};
+    if (metrics_into(sides, &arrays[4], &arrays[5], &arrays[6], imbalances, steps, record.buf, record.len,
+                     &offsets_array) == 0)
+        result = Py_NewRef(Py_None);
+done:
     for (Py_ssize_t i = 0; i < held; i++)
         release(&arrays[i]);
+    release(&offsets_array);
+    if (have_record)
+        PyBuffer_Release(&record);
+    return result;
+}
+
+/* One column of the first ``rows`` rows of a level matrix (``cols`` > 1: that many from it). */
+static Array matrix_columns(const Array *matrix, Py_ssize_t rows, Py_ssize_t first, Py_ssize_t cols) {
+    return (Array){.data = matrix->data + first * matrix->col_stride, .rows = rows, .cols = cols,
+                   .row_stride = matrix->row_stride, .col_stride = matrix->col_stride};
+}
+
+/* publish_sides(bid_block, ask_block, bids, asks, previous_bids, previous_asks, column_exchange,
+ *               exchange_best_bid, exchange_best_ask, limits, imbalances, steps, record, offsets)
+ * A publish's level work in one call: each working block into its published level matrix
+ * (best first, rows up to ``previous_*`` zeroed; ``column_exchange`` None or int64 per member,
+ * as the blocks' columns map to exchange columns), then every metric of the published book into
+ * ``record`` (as book_metrics on the matrices' columns, read back while they are in cache). */
+static PyObject *publish_sides(PyObject *self, PyObject *args) {
+    PyObject *objects[6], *mapping_object, *limits_object, *record_object, *offsets_object;
+    Py_ssize_t previous[2], imbalances, steps;
+    if (!PyArg_ParseTuple(args, "OOOOnnOOOOnnOO", &objects[0], &objects[1], &objects[2], &objects[3], &previous[0],
+                          &previous[1], &mapping_object, &objects[4], &objects[5], &limits_object, &imbalances, &steps,
+                          &record_object, &offsets_object))
+        return NULL;
+    static const int dims[6] = {2, 2, 2, 2, 1, 1};
+    static const int writable[6] = {0, 0, 1, 1, 0, 0};
+    static const char *names[6] = {"bid_block", "ask_block", "bids", "asks", "exchange_best_bid", "exchange_best_ask"};
+    Array arrays[6], mapping = {.data = NULL}, limits = {.data = NULL}, offsets_array = {.data = NULL};
+    Py_buffer record;
+    int have_record = 0;
+    PyObject *result = NULL;
+    Py_ssize_t held = 0;
+    for (; held < 6; held++)
+        if (get_array(objects[held], &arrays[held], 'd', dims[held], writable[held], names[held]) < 0)
+            goto done;
+    if ((mapping_object != Py_None && get_array(mapping_object, &mapping, 'q', 1, 0, "column_exchange") < 0) ||
+        get_array(limits_object, &limits, 'd', 1, 0, "limits") < 0 ||
+        get_array(offsets_object, &offsets_array, 'q', 1, 0, "offsets") < 0 ||
+        PyObject_GetBuffer(record_object, &record, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0)
+        goto done;
+    have_record = 1;
+    const Array *map = mapping_object == Py_None ? NULL : &mapping;
+    if (copy_block(&arrays[0], &arrays[2], previous[0], map) < 0 || copy_block(&arrays[1], &arrays[3], previous[1], map) < 0)
+        goto done;
+    Py_ssize_t bids = arrays[0].rows, asks = arrays[1].rows, exchanges = arrays[2].cols - FIRST_EXCHANGE;
+    Array sides[6] = {
+        matrix_columns(&arrays[2], bids, PRICE, 1), matrix_columns(&arrays[2], bids, SIZE, 1),
+        matrix_columns(&arrays[3], asks, PRICE, 1), matrix_columns(&arrays[3], asks, SIZE, 1),
+        matrix_columns(&arrays[2], bids, FIRST_EXCHANGE, exchanges),
+        matrix_columns(&arrays[3], asks, FIRST_EXCHANGE, exchanges),
+    };
+    if (metrics_into(sides, &arrays[4], &arrays[5], &limits, imbalances, steps, record.buf, record.len,
+                     &offsets_array) == 0)
+        result = Py_NewRef(Py_None);
+done:
+    for (Py_ssize_t i = 0; i < held; i++)
+        release(&arrays[i]);
+    release(&mapping);
+    release(&limits);
     release(&offsets_array);
     if (have_record)
         PyBuffer_Release(&record);
@@ -650,8 +700,8 @@ static PyObject *level_grid(PyObject *self, PyObject *args) {
 
 static PyMethodDef methods[] = {
     {"column_tops", column_tops, METH_VARARGS, "Each member's best price and size on one side."},
-    {"copy_side", copy_side, METH_VARARGS, "A side's working block into the published level matrix."},
-    {"book_metrics", book_metrics, METH_VARARGS, "A book's metrics but dominance and notionals, into a record."},
+    {"publish_sides", publish_sides, METH_VARARGS, "Both working blocks into their level matrices, then the metrics."},
+    {"book_metrics", book_metrics, METH_VARARGS, "A book's metrics, into a record."},
     {"bucket_side", bucket_side, METH_VARARGS, "One side's buckets of one kind into a record."},
     {"size_or_one", size_or_one, METH_VARARGS, "Level sizes, 1.0 where a level is missing."},
     {"level_grid", level_grid, METH_VARARGS, "The feature rows' level grid, float32."},

@@ -247,6 +247,14 @@ def _kernel_metric_offsets(dtype: np.dtype) -> np.ndarray:
     return np.array([dtype.fields[name][1] for name in _KERNEL_METRIC_FIELDS], dtype=np.int64)
 
 
+def kernel_metrics_arguments(settings: AnalyticsSettings, out: np.void) -> tuple:
+    """The trailing arguments of the kernel's ``publish_sides`` for metrics written into the
+    record ``out`` (limits, their counts, the record's bytes, its field offsets): made once per
+    record by a caller that publishes into the same records over and over."""
+    return (_limits(settings), len(settings.imbalance_bps), len(settings.depth_steps_bps),
+            _record_view(out, _UINT8), _kernel_metric_offsets(out.dtype))
+
+
 def _float64(*arrays: np.ndarray) -> bool:
     return all(array.dtype == _FLOAT64 for array in arrays)
 

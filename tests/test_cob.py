@@ -389,8 +389,12 @@ def random_consolidated_book(rng: np.random.Generator, members: int, depth: int)
 
 
 @needs_kernel
-def test_the_kernel_copies_a_side_and_finds_member_tops_as_numpy_does() -> None:
+def test_the_kernel_publishes_both_sides_and_their_metrics_and_finds_member_tops_as_numpy_does(monkeypatch) -> None:
+    """``publish_sides`` (both working blocks into their level matrices, then the metrics read
+    back from them) gives numpy's copy and the numpy ``fill_metrics``'s bytes; ``column_tops``
+    each member's best level."""
     from engine import _analytics
+    from engine.microstructure import kernel_metrics_arguments
     from shm.book import FIRST_EXCHANGE, PRICE
 
     rng = np.random.default_rng(5)
@@ -399,15 +403,19 @@ def test_the_kernel_copies_a_side_and_finds_member_tops_as_numpy_does() -> None:
         book = random_consolidated_book(rng, members, depth)
         exchanges = int(rng.integers(1, 5))
         mapping = rng.integers(0, exchanges, members).astype(np.int64) if rng.random() < 0.5 else None
+        width = FIRST_EXCHANGE + (members if mapping is None else exchanges)
+        analytics = AnalyticsSettings((10.0, 50.0), (1.0, 5.0, 100.0), float(rng.choice([1.0, 10.0])), 10.0, 1.0, 0.0)
+        layout = BookLayout(depth, width - FIRST_EXCHANGE, 2, imbalance_depths=2, depth_steps=3)
+        best_bid, best_ask = rng.choice([0.0, 99.9, 100.0], width - FIRST_EXCHANGE), rng.choice(
+            [0.0, 100.0, 100.1], width - FIRST_EXCHANGE)
+        expected_sides, copied_sides, previous = [], [], []
         for side in (book.bids, book.asks):
             top = side.top()
-            block = side.buffer[side.start : side.start + side.count]
-            width = FIRST_EXCHANGE + (members if mapping is None else exchanges)
-            previous = int(rng.integers(0, depth + 1))
+            before = int(rng.integers(0, depth + 1))
             expected = np.zeros((depth, width))
-            expected[:previous] = rng.random((previous, width))  # rows a slot held before
+            expected[:before] = rng.random((before, width))  # rows a slot held before
             copied = expected.copy()
-            expected[len(top) : previous] = 0.0
+            expected[len(top) : before] = 0.0
             if mapping is None:
                 expected[: len(top)] = top
             else:
@@ -415,8 +423,28 @@ def test_the_kernel_copies_a_side_and_finds_member_tops_as_numpy_does() -> None:
                 expected[: len(top), FIRST_EXCHANGE:] = 0.0
                 for column, exchange in enumerate(mapping.tolist()):
                     expected[: len(top), FIRST_EXCHANGE + exchange] += top[:, FIRST_EXCHANGE + column]
-            _analytics.copy_side(block, copied, previous, mapping)
+            expected_sides.append(expected)
+            copied_sides.append(copied)
+            previous.append(before)
+        record = np.zeros(1, metrics_dtype(layout))[0]
+        _analytics.publish_sides(
+            book.bids.buffer[book.bids.start : book.bids.start + book.bids.count],
+            book.asks.buffer[book.asks.start : book.asks.start + book.asks.count],
+            copied_sides[0], copied_sides[1], previous[0], previous[1], mapping, best_bid, best_ask,
+            *kernel_metrics_arguments(analytics, record),
+        )
+        for copied, expected in zip(copied_sides, expected_sides):
             assert copied.tobytes() == expected.tobytes()
+        monkeypatch.setattr(engine.microstructure, "kernel", None)
+        reference = np.zeros(1, metrics_dtype(layout))[0]
+        counts = (book.bids.count, book.asks.count)
+        fill_metrics(reference, *(SideArrays(levels[:count, PRICE], levels[:count, 1], levels[:count, 2],
+                                             levels[:count, FIRST_EXCHANGE:])
+                                  for levels, count in zip(expected_sides, counts)), best_bid, best_ask, analytics)
+        monkeypatch.undo()
+        assert record.tobytes() == reference.tobytes()
+        for side in (book.bids, book.asks):
+            top, block = side.top(), side.buffer[side.start : side.start + side.count]
             price, size = np.full(members, 7.0), np.full(members, 7.0)
             _analytics.column_tops(block, price, size)
             for member in range(members):
