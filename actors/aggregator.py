@@ -54,10 +54,7 @@ _LIVENESS_CHECK_S = 0.2
 DRAIN_QUANTUM = 16384  # records taken from one ring per pass: a flooding exchange cannot starve the others
 BUSY_YIELD_S = 0.02  # the event loop (heartbeat, signals) runs this often, busy or idle
 TOP_SEARCH_ROWS = 64
-EXCHANGE_FIELDS = (
-    "exchange_included", "exchange_status", "exchange_reason", "exchange_status_since", "exchange_bid_levels",
-    "exchange_ask_levels", "exchange_sequence", "exchange_ts", "exchange_receive_ts",
-)
+EXCHANGE_BLOCK = ("exchange_included", "exchange_receive_ts")  # the slot's per-exchange fields, first and last
 
 
 class ExchangeBook:
@@ -126,7 +123,10 @@ class Instrument:
     buckets_computed: int = 0  # how many times the buckets were computed
     slot_buckets: list[int] = field(default_factory=list)  # per slot: which computation its buckets hold
     views: list[dict[str, np.ndarray]] = field(default_factory=list)  # per slot: its fields as arrays
-    slot_exchange_fields: list[list[list[int] | None]] = field(default_factory=list)  # per slot: EXCHANGE_FIELDS written
+    exchange_image: np.ndarray | None = None  # the slot's per-exchange fields as bytes, filled, then copied whole
+    exchange_fields: dict[str, memoryview] = field(default_factory=dict)  # typed views of the image, by field
+    exchange_best: tuple[np.ndarray, ...] = ()  # the image's best bid and best ask per exchange, as arrays
+    member_exchanges: list[int] = field(default_factory=list)  # the exchanges with a market in the instrument
     member_books: list[tuple[int, int, "ExchangeBook"]] = field(default_factory=list)  # (column, exchange, book)
     tops: tuple[np.ndarray, ...] = ()  # per column: best bid, its size, best ask, its size (reused)
     column_exchange_ids: np.ndarray | None = None  # int64 column → exchange id, None when direct
@@ -136,11 +136,22 @@ class Instrument:
 
     def __post_init__(self) -> None:
         self.slot_buckets = [-1] * self.writer.slot_count
-        self.slot_exchange_fields = [[None] * len(EXCHANGE_FIELDS) for _ in range(self.writer.slot_count)]
         self.tops = tuple(np.zeros(len(self.column_exchange)) for _ in range(4))
         if not self.direct:
             self.column_exchange_ids = self.column_exchange.astype(np.int64)
         slots = self.writer.slots
+        record = slots.dtype.fields
+        first, last = (record[name] for name in EXCHANGE_BLOCK)
+        block = slice(first[1], last[1] + last[0].itemsize)
+        self.exchange_image = np.zeros(block.stop - block.start, dtype=np.uint8)
+        names = [name for name in slots.dtype.names if block.start <= record[name][1] < block.stop]
+        self.exchange_fields = {
+            name: memoryview(self.exchange_image[record[name][1] - block.start :][: record[name][0].itemsize]
+                             .view(record[name][0].base))
+            for name in names
+        }
+        self.exchange_best = tuple(np.asarray(self.exchange_fields[name]) for name in ("exchange_best_bid",
+                                                                                    "exchange_best_ask"))
         self.views = [
             {name: slots[name][index : index + 1] if not slots.dtype[name].shape else slots[name][index]
              for name in slots.dtype.names}
@@ -152,6 +163,7 @@ class Instrument:
             # the metrics record as float64 (what the bus message reads) and its generation
             views["metrics_floats"] = slots["metrics"][index : index + 1].view(np.float64)
             views["metrics_generation"] = views["metrics_floats"].view(np.uint64)[metric_slots["generation"]]
+            views["exchange_bytes"] = memoryview(slots[index : index + 1].view(np.uint8))[block]
             if kernel is not None:
                 views["metrics_arguments"] = kernel_metrics_arguments(self.analytics, views["metrics"][0])
         self.message_fields = [(name, metric_slots[name].start) for name in ("mid", "vw_mid", "spread_bps")]
@@ -227,6 +239,7 @@ class AggregatorActor(Actor):
                 (column, member.exchange, self.books[member.symbol][member.exchange])
                 for column, member in instrument.members_by_column()
             ]
+            instrument.member_exchanges = sorted({member.exchange for member in plan.members})
             self.instruments.append(instrument)
             for member, column in zip(plan.members, columns):
                 self.feeds.setdefault((member.symbol, member.exchange), []).append((instrument, column))
@@ -629,22 +642,23 @@ class AggregatorActor(Actor):
             tops = self.column_tops(instrument)
         writer = instrument.writer
         exchanges = writer.exchanges
-        if instrument.direct:
-            best = {"bid": tops[0], "ask": tops[2]}
-        else:  # an exchange's best over its markets in the instrument
-            best = {"bid": np.zeros(exchanges), "ask": np.zeros(exchanges)}
-            for column, exchange in enumerate(instrument.column_exchange.tolist()):
-                bid, ask = tops[0][column], tops[2][column]
-                if bid > best["bid"][exchange]:
-                    best["bid"][exchange] = bid
-                if ask > 0.0 and (best["ask"][exchange] == 0.0 or ask < best["ask"][exchange]):
-                    best["ask"][exchange] = ask
-        per_exchange = [[0] * exchanges for _ in EXCHANGE_FIELDS]
-        included, status, reason, since, bid_levels, ask_levels, sequence, exchange_ts, receive_ts = per_exchange
-        best_bid, best_ask = best["bid"].tolist(), best["ask"].tolist()
-        best_size = {"bid": [0.0] * exchanges, "ask": [0.0] * exchanges}
-        best_bid_size, best_ask_size = best_size["bid"], best_size["ask"]
         bid_tops, bid_sizes, ask_tops, ask_sizes = (values.tolist() for values in tops)
+        if instrument.direct:
+            best_bid, best_ask = bid_tops, ask_tops
+        else:  # an exchange's best over its markets in the instrument
+            best_bid, best_ask = [0.0] * exchanges, [0.0] * exchanges
+            for column, exchange in enumerate(instrument.column_exchange.tolist()):
+                bid, ask = bid_tops[column], ask_tops[column]
+                if bid > best_bid[exchange]:
+                    best_bid[exchange] = bid
+                if ask > 0.0 and (best_ask[exchange] == 0.0 or ask < best_ask[exchange]):
+                    best_ask[exchange] = ask
+        best_bid_size, best_ask_size = [0.0] * exchanges, [0.0] * exchanges
+        fields = instrument.exchange_fields
+        included, status, reason, since = (fields[name] for name in (
+            "exchange_included", "exchange_status", "exchange_reason", "exchange_status_since"))
+        bid_levels, ask_levels, sequence, exchange_ts, receive_ts = (fields[name] for name in (
+            "exchange_bid_levels", "exchange_ask_levels", "exchange_sequence", "exchange_ts", "exchange_receive_ts"))
         stale, member_included = self.stale, consolidated.included
         for column, index, book in instrument.member_books:
             included[index] = member_included[column]
@@ -656,7 +670,12 @@ class AggregatorActor(Actor):
                 best_bid_size[index] += bid_sizes[column]
             if ask_tops[column] == best_ask[index]:
                 best_ask_size[index] += ask_sizes[column]
-        slot = writer.begin()
+        for name, values in (("exchange_best_bid", best_bid), ("exchange_best_ask", best_ask),
+                             ("exchange_best_bid_size", best_bid_size), ("exchange_best_ask_size", best_ask_size)):
+            view = fields[name]
+            for index in instrument.member_exchanges:
+                view[index] = values[index]
+        writer.begin()
         generation = int(writer.generation) + 1
         slot_index = generation % writer.slot_count
         views = instrument.views[slot_index]
@@ -667,7 +686,8 @@ class AggregatorActor(Actor):
                 bid_side.buffer[bid_side.start : bid_side.start + bid_side.count],
                 ask_side.buffer[ask_side.start : ask_side.start + ask_side.count],
                 views["bids"], views["asks"], int(bid_counter[0]), int(ask_counter[0]),
-                instrument.column_exchange_ids, best["bid"], best["ask"], *views["metrics_arguments"],
+                instrument.column_exchange_ids, instrument.exchange_best[0], instrument.exchange_best[1],
+                *views["metrics_arguments"],
             )
         else:
             for key, counter, side in (("bids", bid_counter, bid_side), ("asks", ask_counter, ask_side)):
@@ -682,17 +702,9 @@ class AggregatorActor(Actor):
                 if previous > count:
                     levels[count:previous] = 0.0
             fill_metrics(views["metrics"][0], _side_arrays(views["bids"], bid_side.count),
-                         _side_arrays(views["asks"], ask_side.count), best["bid"], best["ask"], instrument.analytics)
+                         _side_arrays(views["asks"], ask_side.count), *instrument.exchange_best, instrument.analytics)
         bid_counter[0], ask_counter[0] = bid_side.count, ask_side.count
-        written = instrument.slot_exchange_fields[slot_index]
-        for position, (name, values) in enumerate(zip(EXCHANGE_FIELDS, per_exchange)):
-            if values != written[position]:  # status fields rarely change: only what differs from the slot's
-                views[name][:] = values
-                written[position] = values
-        views["exchange_best_bid"][:] = best["bid"]
-        views["exchange_best_ask"][:] = best["ask"]
-        views["exchange_best_bid_size"][:] = best_size["bid"]
-        views["exchange_best_ask_size"][:] = best_size["ask"]
+        views["exchange_bytes"][:] = instrument.exchange_image  # every per-exchange field in one copy
         views["records_applied"][0] = instrument.records_applied
         views["metrics_generation"][0] = generation
         if instrument.buckets_due or now - instrument.last_buckets >= self.buckets_interval:
@@ -710,7 +722,7 @@ class AggregatorActor(Actor):
             # into a slot that holds older ones, so once per slot after each computation)
             views["buckets_bytes"][:] = instrument.views[(generation - 1) % writer.slot_count]["buckets_bytes"]
             instrument.slot_buckets[slot_index] = instrument.buckets_computed
-        writer.end(slot)
+        writer.end()
         metric_values = views["metrics_floats"]
         message = {
             "symbol": instrument.plan.name,

@@ -376,7 +376,8 @@ def _publish_books(name: str, rate: float, count: int) -> None:
     writer = BookWriter.attach(name)
     time.sleep(0.5)
     for _ in range(count):
-        writer.end(writer.begin())
+        writer.begin()
+        writer.end()
         time.sleep(1.0 / rate)
     writer.close()
 

@@ -175,6 +175,9 @@ class _BookSegment:
         self._control = payload[:CACHE_LINE].cast("Q")
         self.slots = np.frombuffer(payload, dtype=self.slot_dtype, count=self.slot_count, offset=CACHE_LINE)
         self._seqs = [memoryview(self.slots[i : i + 1].view(np.uint64))[:1] for i in range(self.slot_count)]
+        # a slot's generation and publish_ts as memoryviews: a store is ~10x cheaper than on a np.void
+        self._stamps = [(memoryview(self.slots["generation"][i : i + 1]), memoryview(self.slots["publish_ts"][i : i + 1]))
+                        for i in range(self.slot_count)]
 
     @property
     def generation(self) -> int:
@@ -184,6 +187,7 @@ class _BookSegment:
         self._control.release()
         self._payload = None
         self._seqs = []
+        self._stamps = []
         self.slots = None
         self.segment.close()
 
@@ -218,12 +222,14 @@ class BookWriter(_BookSegment):
         self._pending = generation
         return self.slots[index]
 
-    def end(self, slot: np.void) -> int:
+    def end(self) -> int:
         """Finish the slot opened by :meth:`begin` and make it the current book."""
         generation = self._pending
-        slot["generation"] = generation
-        slot["publish_ts"] = time.time_ns()
-        seq = self._seqs[generation % self.slot_count]
+        index = generation % self.slot_count
+        stamped_generation, publish_ts = self._stamps[index]
+        stamped_generation[0] = generation
+        publish_ts[0] = time.time_ns()
+        seq = self._seqs[index]
         seq[0] = seq[0] + 1  # even: the slot is complete (after every data store)
         self._control[0] = generation  # publish (after the slot is complete)
         wake.wake(self._payload)  # readers asleep in wait_for_publish

@@ -53,7 +53,7 @@ class CraftedBooks:
         generation = int(self.writer.generation) + 1
         slot["metrics"]["generation"] = generation
         slot["buckets"]["generation"] = generation
-        return self.writer.end(slot)
+        return self.writer.end()
 
     def close(self) -> None:
         self.reader.close()

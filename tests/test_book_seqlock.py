@@ -98,7 +98,7 @@ def rewrite_book(name: str, stop, started) -> None:
         generation = writer.generation + 1
         slot = writer.begin()
         pattern.fill(slot, generation, backwards)
-        assert writer.end(slot) == generation
+        assert writer.end() == generation
     writer.close()
 
 
@@ -227,7 +227,8 @@ def publish_later(name: str, delay_s: float, count: int) -> None:
     writer = BookWriter.attach(name)
     time.sleep(delay_s)
     for _ in range(count):
-        writer.end(writer.begin())
+        writer.begin()
+        writer.end()
     writer.close()
 
 

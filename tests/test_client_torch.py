@@ -23,7 +23,7 @@ def test_torch_from_numpy_shares_the_shared_memory_of_a_book() -> None:
         slot = writer.begin()
         slot["bids"][:2] = [[100.0, 3.0, 0.0, 1.0, 2.0], [99.0, 1.0, 0.0, 1.0, 0.0]]
         slot["bid_levels"] = 2
-        writer.end(slot)
+        writer.end()
         reader = BookReader.attach(name)
         view = reader.view()
         book = Book(view.slot, {"binance": 0, "kraken": 1})
