@@ -20,6 +20,7 @@ Exit codes: 0 after a requested stop, 1 when ``setup``/``run`` raised.
 from __future__ import annotations
 
 import asyncio
+import gc
 import importlib
 import os
 import signal
@@ -110,6 +111,11 @@ async def _lifecycle(actor: Actor, table: ActorTable | None, parent_pid: int) ->
     code = 0
     try:
         await actor.setup()
+        # Everything set up so far (modules, config, segments, views) lives as long as the
+        # actor: out of the collector's sight, a full collection scans only what came after
+        # (12-17 ms of pause per full collection in the features actor before, ~0 after).
+        gc.collect()
+        gc.freeze()
         actor.log.info("actor_started", pid=os.getpid())
         work = asyncio.create_task(actor.run())
         stop = asyncio.create_task(actor.stopping.wait())
