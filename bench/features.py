@@ -11,8 +11,13 @@
    = the moment ``wait_features`` returned in the model process minus the ``publish_ts``
    of the book the row was computed from (the row's timestamp); only the first row of
    each book counts (rows the actor writes without a new book carry an older book's
-   timestamp). Also when each row became readable (the actor's ``written_ts``, right
-   after the append) and the features actor's CPU share over the phase.
+   timestamp). Each instrument publishes on its own schedule (gaps of the actor's 10 ms
+   rate limit plus an exponential: independent markets, coincidences included); ``burst``
+   repeats the phase with every instrument's book published at once, the worst case. Then
+   the same schedule once more without the models, for when each row became readable (the
+   actor's ``written_ts``, right after the append, from its doorbell messages: a subscriber
+   that would compete with the models for the two cores if it ran with them), and the
+   features actor's CPU share.
 3. ``wake``: the features actor is stopped and this process appends rows itself, stamped
    with the wall clock just before the append, and rings the features doorbell as the
    actor does: the latency from a row being readable to ``wait_features`` returning.
@@ -179,15 +184,16 @@ def model(instance: str, symbol: str, seconds: float, results, on_tensor: bool =
     results.put(latencies)
 
 
-def readable(endpoint: str, stop: threading.Event, into: list) -> None:
-    """Book publish → row readable, from the actor's doorbell messages (first row of a book)."""
+def readable(endpoint: str, stop: threading.Event, into: list, since_ns: int) -> None:
+    """Book publish → row readable, from the actor's doorbell messages (first row of a book
+    published from ``since_ns`` on: rows the actor re-writes of an older book are not latency)."""
     subscriber = bus.Subscriber(zmq.Context.instance(), endpoint, ["features."])
     last: dict[str, int] = {}
     while not stop.is_set():
         if (message := subscriber.receive(100)) is None:
             continue
         row = message[1]
-        if last.get(row["symbol"]) != row["ts"]:
+        if last.get(row["symbol"]) != row["ts"] and row["ts"] >= since_ns:
             into.append(row["written_ts"] - row["ts"])
             last[row["symbol"]] = row["ts"]
     subscriber.close()
@@ -244,27 +250,34 @@ def freshness_and_wake(seconds: float, arrivals: str = "random") -> dict:
                                                                 True))
             tensor_waiter.start()
         time.sleep(1.0)  # the models are attached and waiting
-        readable_ns: list[int] = []
-        stop_reading = threading.Event()
-        reader = threading.Thread(target=readable, args=(directory["endpoints"]["features_doorbell"], stop_reading,
-                                                         readable_ns), daemon=True)
-        reader.start()
         actor = psutil.Process(next(a["pid"] for a in supervisor.status()["actors"] if a["name"] == "features"))
-        cpu_before = sum(actor.cpu_times()[:2])
-        started = time.perf_counter()
-        published = 0
-        for due, symbol in publish_times(arrivals, seconds, config.features.min_interval_ms / 1000):
-            time.sleep(max(0.0, due - (time.perf_counter() - started)))
-            generation = books[symbol].publish()
-            publisher.publish(f"book.{symbol}", {"symbol": symbol, "generation": generation})
-            published += 1
-        elapsed = time.perf_counter() - started
-        cpu = sum(actor.cpu_times()[:2]) - cpu_before
+        schedule = publish_times(arrivals, seconds, config.features.min_interval_ms / 1000)
+
+        def play() -> tuple[int, float, float]:
+            """Publish the schedule; (books, seconds, the actor's CPU seconds)."""
+            cpu_before = sum(actor.cpu_times()[:2])
+            started = time.perf_counter()
+            for due, symbol in schedule:
+                time.sleep(max(0.0, due - (time.perf_counter() - started)))
+                generation = books[symbol].publish()
+                publisher.publish(f"book.{symbol}", {"symbol": symbol, "generation": generation})
+            return len(schedule), time.perf_counter() - started, sum(actor.cpu_times()[:2]) - cpu_before
+
+        published, elapsed, cpu = play()
         freshness = results.get(timeout=30)
         waiter.join(10)
         tensor_freshness = tensor_results.get(timeout=30) if tensor_waiter else []
         if tensor_waiter:
             tensor_waiter.join(10)
+        # readable is measured on its own run of the same schedule: its subscriber (a thread and
+        # ZeroMQ's I/O thread) would otherwise compete with the models for the two cores
+        readable_ns: list[int] = []
+        stop_reading = threading.Event()
+        reader = threading.Thread(target=readable, args=(directory["endpoints"]["features_doorbell"], stop_reading,
+                                                         readable_ns, time.time_ns()), daemon=True)
+        reader.start()
+        time.sleep(0.5)  # subscribed
+        play()
         stop_reading.set()
         reader.join(5)
         measured = {
