@@ -1,22 +1,39 @@
-"""The C level kernel (actors/connectors/_kernel.c) against its Python twins in base.py: the
-same books (dict and price list, the very float objects), the same record bytes, the same
-errors with the same levels applied before them."""
+"""The C kernel (actors/connectors/_kernel.c) against its Python twins in base.py: the same books
+(dict and price list, the very float objects), the same record bytes, the same errors with the
+same levels applied before them; and for the feed functions, the same counters, states and
+records after every event of a random KuCoin session."""
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
+import orjson
 import pytest
 
-from actors.connectors import base
+from actors.connectors import base, kucoin
 from actors.connectors.base import (
     ASK_SIDE,
     BID_SIDE,
     RECORD_SIZE,
+    L2Book,
+    RecordOutput,
+    SymbolCounters,
+    SymbolFeed,
+    SymbolRecords,
+    SyncState,
     _apply_level_python,
+    _apply_sequenced_frame_python,
     _apply_sequenced_side_python,
     _apply_side_python,
+    _change_sequence_python,
+    _publish_live_delta_python,
 )
+from actors.connectors.kucoin import KucoinConnector
+from shm.records import Reason
+from shm.records import Side as BookSide
+from tests.conftest import MemorySink
+from tests.test_kucoin_protocol import SYMBOLS, l2, snapshot
 
 levels_c = pytest.importorskip("actors.connectors._kernel", reason="the C level kernel is not built (no compiler)")
 
@@ -211,3 +228,239 @@ def test_micros_stamp_ns_reads_exactly_what_rfc3339_ns_reads_or_leaves_it_to_it(
             read += 1
     assert read > 1_000
     assert levels_c.micros_stamp_ns("2021-04-17T16:43:37.075687Z") == 1_618_677_817_075_687_000
+
+
+@pytest.mark.parametrize(
+    "change",
+    [["1", "2", "3"], ("1", 2.0, "017"), ["1", "2", " +5 "], ["1", "2", 7.5], ["1", "2"], ["1", "2", "3", "4"],
+     ["1", "2", "x"], ["1", "2", None], "abc", 5],
+)
+def test_change_sequence_matches_the_python_twin(change: object) -> None:
+    outcomes = []
+    for key in (levels_c.change_sequence, _change_sequence_python):
+        try:
+            outcomes.append(key(change))
+        except (ValueError, TypeError) as error:
+            outcomes.append(type(error))
+    assert outcomes[0] == outcomes[1]
+
+
+def sequenced_records() -> SymbolRecords:
+    """A delta scratch of two records, so that larger frames reserve more first."""
+    return SymbolRecords(RecordOutput(MemorySink()), 1, 2, capacity=2)
+
+
+def random_sequenced_frame(rng: random.Random) -> tuple[list, list]:
+    """Both sides of a delta: unsorted change sequences, a price changed twice, sequence-only changes."""
+    sides = []
+    for _ in range(2):
+        changes = random_changes(rng, rng.randint(0, 5))
+        if changes and rng.random() < 0.3:
+            changes.append([changes[0][0], "1.5", str(int(changes[0][2]) + rng.choice((-1, 1)))])
+        sides.append([tuple(change) if rng.random() < 0.3 else change for change in changes])
+    return sides[0], sides[1]
+
+
+def book_state(book: L2Book) -> tuple:
+    return book.bids, book.asks, book.bid_prices, book.ask_prices
+
+
+def test_apply_sequenced_frame_matches_the_python_twin() -> None:
+    rng = random.Random(19)
+    c_book, py_book = L2Book(), L2Book()
+    c_records, py_records = sequenced_records(), sequenced_records()
+    for frame in range(600):
+        bids, asks = random_sequenced_frame(rng)
+        stamps = (frame, 1_700_000_000_000_000_000 + frame, 1_700_000_000_000_000_500)
+        c_count = levels_c.apply_sequenced_frame(c_book, c_records, bids, asks, *stamps)
+        py_count = _apply_sequenced_frame_python(py_book, py_records, bids, asks, *stamps)
+        assert c_count == py_count
+        assert c_records.scratch == py_records.scratch and c_records.capacity == py_records.capacity
+        assert book_state(c_book) == book_state(py_book)
+        assert all(price.__class__ is float for price in c_book.bid_prices + c_book.ask_prices)
+    assert c_records.capacity > 2
+
+
+@pytest.mark.parametrize(
+    "bids, asks, exchange_ts",
+    [
+        ([["1.0", "1", "5"], ["2.0", "1"]], [], 0),  # a change of two values: sorting it is the error
+        ([["1.0", "1", "5"]], [["3.0", "1", "6"], ["4.0", "1", "x"]], 0),
+        ([["1.0", "1", "5"]], [["3.0", "abc", "6"]], 0),
+        ([["1.0", "1", "5"]], [["3.0", None, "6"]], 0),
+        ([["1.0", "1", "5"]], [["3.0", "1", "-6"]], 0),
+        ([["1.0", "1", "5"]], [7], 0),
+        ([["1.0", "1", "5"]], [["3.0", "1", "6"], 7], 0),
+        ([["1.0", "1", "5"]], 7, 0),
+        ([["0", "0", "5"], ["0", "0", "6"]], [], 2**63),  # nothing to pack: nothing to refuse
+        ([["0", "0", "5"], ["1.0", "1", "6"]], [], 2**63),  # a record the stamp does not fit
+        ([["1.0", "1", "5"]], [["2.0", "1", str(2**64)]], 0),
+    ],
+)
+def test_a_bad_sequenced_frame_has_the_same_outcome_in_both(bids: object, asks: object, exchange_ts: int) -> None:
+    outcomes = []
+    for apply in (levels_c.apply_sequenced_frame, _apply_sequenced_frame_python):
+        book, records = L2Book(), sequenced_records()
+        try:
+            outcome: object = apply(book, records, bids, asks, 0, exchange_ts, 1)
+        except (ValueError, TypeError) as error:
+            outcome = type(error)
+        packed = RECORD_SIZE * len(book)  # the records before a bad change (every good one adds a level here)
+        outcomes.append((outcome, book_state(book), bytes(records.scratch[:packed])))
+    assert outcomes[0] == outcomes[1]
+
+
+class OtherFeed(SymbolFeed):
+    __slots__ = ()
+
+
+class OtherCounters(SymbolCounters):
+    __slots__ = ()
+
+
+class OtherBook(L2Book):
+    __slots__ = ()
+
+
+class OtherRecords(SymbolRecords):
+    __slots__ = ()
+
+
+def ticker_frame(sequence: int, bid: tuple[float, float], ask: tuple[float, float]) -> bytes:
+    data = {"sequence": str(sequence), "bestBid": repr(bid[0]), "bestBidSize": repr(bid[1]),
+            "bestAsk": repr(ask[0]), "bestAskSize": repr(ask[1])}
+    return orjson.dumps({"type": "message", "topic": "/market/ticker:BTC-USDT", "subject": "trade.ticker", "data": data})
+
+
+def bad_change(rng: random.Random, sequence: int) -> list[object]:
+    return rng.choice([
+        ["abc", "1", str(sequence)], ["99.5", "-1", str(sequence)], ["99.5", "1e16", str(sequence)],
+        ["1e13", "1", str(sequence)], ["99.5", "1", "x"], ["99.5", "1", "-3"], ["99.5", "1"],
+        ["99.5", "1", str(sequence), "extra"], ["0.0", "1", str(sequence)],
+    ])
+
+
+def random_event(rng: random.Random, connector: KucoinConnector, sequence: int) -> tuple[object, int]:
+    """The next event of a random KuCoin session (and the sequence after it), crafted from the book as
+    it stands so that most frames apply, most tickers agree and some deltas cross the book."""
+    feed = connector.feeds["BTC-USDT"]
+    book = feed.book
+    if feed.state is not SyncState.LIVE:
+        levels = [[f"{100 - index * 0.5}", "1", str(sequence)] for index in range(8)]
+        asks = [[f"{101 + index * 0.5}", "2"] for index in range(8)]
+        return ("snapshot", snapshot(sequence, [level[:2] for level in levels], asks)), sequence
+    roll = rng.random()
+    if roll < 0.08 and book.bid_prices and book.ask_prices:
+        best_bid, best_ask = book.best_bid(), book.best_ask()
+        if rng.random() < 0.2:
+            best_bid = (best_bid[0], best_bid[1] + 1)
+        return ("frame", ticker_frame(sequence + rng.choice((0, 0, 1)), best_bid, best_ask)), sequence
+    if roll < 0.12:
+        return ("consume", None), sequence
+    start = sequence + 1 + (rng.random() < 0.02)
+    sides = [[], []]
+    for index in range(rng.choice((1, 1, 1, 2, 3))):
+        start_index = len(sides[0]) + len(sides[1])
+        change_sequence = start + start_index
+        side = rng.randint(0, 1)
+        kind = rng.random()
+        if kind < 0.3:
+            change = ["0", "0", str(change_sequence)]
+        elif kind < 0.36:
+            change = bad_change(rng, change_sequence)
+        else:
+            crossing = rng.random() < 0.04
+            price = (102 + rng.randint(0, 6) * 0.5) if side == 0 and crossing else (
+                100 - rng.randint(-1, 12) * 0.5 if side == 0 else 101 + rng.randint(-1, 12) * 0.5)
+            size = "0" if rng.random() < 0.3 else f"{rng.randint(1, 40) / 8}"
+            change = [repr(float(price)), size if rng.random() < 0.9 else float(size), str(change_sequence)]
+        sides[side].append(change)
+    end = start + max(len(sides[0]) + len(sides[1]) - 1, 0)
+    rng.shuffle(sides[0])
+    frame = l2(start, end, bids=sides[0], asks=sides[1])
+    if rng.random() < 0.03:  # a time the record cannot hold
+        frame = frame.replace(b'"symbol"', b'"time":9300000000000,"symbol"')
+    return ("frame", frame.decode() if rng.random() < 0.85 else frame), end
+
+
+def session_states(connector: KucoinConnector, events: list, rng: random.Random | None) -> tuple[list, list]:
+    """Every event applied to ``connector`` (drawn from ``rng`` first when given), and what a consumer
+    and the counters saw after each."""
+    feed = connector.feeds["BTC-USDT"]
+    sink = connector.output.sink
+    states = []
+    written = len(sink.batches)
+    sequence = feed.last_id
+    for number in range(len(events) if rng is None else 1_500):
+        if rng is not None:
+            event, sequence = random_event(rng, connector, sequence)
+            events.append(event)
+        kind, payload = events[number]
+        connector.frame_rejected = False
+        if kind == "snapshot":
+            connector.snapshot_requests(10**12 * (number + 1))
+            connector.on_snapshot("BTC-USDT", payload, number)
+        elif kind == "consume":
+            sink.consume()
+            connector.flush(number)
+        else:
+            connector.on_message(0, payload, 1_700_000_000_000_000_000 + number)
+        book = feed.book
+        batches, written = sink.batches[written:], len(sink.batches)
+        states.append((
+            [batch.tobytes() for batch in batches], dataclasses.astuple(feed.counters), connector.connection_counters[0],
+            dict(book.bids), dict(book.asks), list(book.bid_prices), list(book.ask_prices), feed.state,
+            feed.last_id, feed.bridged, feed.resend_pending, list(feed.expected_tops), connector.frame_rejected,
+            connector.output.batches_lost, connector.output.records_lost,
+        ))
+    return events, states
+
+
+def kucoin_session(sink_factory) -> KucoinConnector:
+    connector = KucoinConnector(sink_factory(40), 1, {"BTC/USDT": 1}, ticker_cross_check=True, await_welcome=False,
+                                depth_limit=6)
+    connector.load_instruments(SYMBOLS)
+    connector.on_open(0, 1)
+    connector.on_message(0, b'{"id":"1","type":"ack"}', 2)
+    connector.snapshot_requests(0)
+    connector.on_snapshot("BTC-USDT", snapshot(10, [["100.0", "1"], ["99.5", "1"]], [["101.0", "1"]]), 3)
+    return connector
+
+
+def test_kucoin_sessions_match_with_the_c_feed_functions_and_their_python_twins(sink_factory, monkeypatch) -> None:
+    """One random session of live deltas (sequence-only, multi-change, malformed, crossing, deeper than the
+    depth limit, out of sequence), tickers that agree or not and a small ring that refuses writes: the
+    C feed functions, the same through the generic attribute path (objects of other classes), and the
+    Python twins leave the same records, counters, books and states after every event."""
+    c_connector = kucoin_session(sink_factory)
+    events, c_states = session_states(c_connector, [], random.Random(23))
+    counters = c_connector.counters("BTC/USDT")
+    assert min(counters.crossed, counters.cross_check_mismatches, counters.parse_errors, counters.gaps) > 0
+    assert c_connector.output.batches_lost > 0 and counters.frames_applied > 500
+
+    generic = kucoin_session(sink_factory)
+    feed = generic.feeds["BTC-USDT"]
+    feed.__class__, feed.counters.__class__ = OtherFeed, OtherCounters
+    feed.book.__class__, feed.records.__class__ = OtherBook, OtherRecords
+    assert session_states(generic, events, None)[1] == c_states
+
+    monkeypatch.setattr(kucoin, "apply_live_sequenced_delta", base._apply_live_sequenced_delta_python)
+    monkeypatch.setattr(kucoin, "change_sequence", _change_sequence_python)
+    monkeypatch.setattr(base, "publish_live_delta", _publish_live_delta_python)
+    python = kucoin_session(sink_factory)
+    python._apply_levels = _apply_sequenced_frame_python
+    assert session_states(python, events, None)[1] == c_states
+
+
+class Unslotted:
+    scratch = capacity = sink_write_records = None
+
+
+def test_configure_feeds_takes_only_slots_and_keeps_what_it_had_otherwise() -> None:
+    assert base.publish_live_delta is levels_c.publish_live_delta
+    assert base.apply_live_sequenced_delta is levels_c.apply_live_sequenced_delta
+    with pytest.raises(TypeError):
+        levels_c.configure_feeds(SymbolFeed, SymbolCounters, L2Book, Unslotted, Reason, BookSide)
+    book = L2Book()
+    assert levels_c.apply_sequenced_frame(book, sequenced_records(), [["1.5", "2", "7"]], [], 0, 0, 0) == 1
+    assert book.bids == {1.5: 2.0}

@@ -294,6 +294,22 @@ def test_unknown_symbol_trades_tickers_and_errors(memory_sink) -> None:
     )
 
 
+def test_a_time_a_record_cannot_stamp_is_a_bad_frame(memory_sink) -> None:
+    """A ``time`` whose nanoseconds pass int64 (after 2262) used to be taken when the frame packed no
+    record (sequence-only changes), and a later re-send of the book raised OverflowError."""
+    connector = synced(memory_sink)
+    connector.on_message(0, l2(11, 11, asks=[["0", "0", "11"]]).decode(), 5)
+    for frame in (l2(12, 13, asks=[["0", "0", "12"], ["0", "0", "13"]]), l2(12, 12, asks=[["0", "0", "12"]])):
+        late = frame.replace(b'"symbol"', b'"time":9300000000000,"symbol"')
+        for data in (late.decode(), late):  # the typed path, and the generic one
+            connector.on_message(0, data, 6)
+    counters = connector.counters("BTC/USDT")
+    assert (counters.parse_errors, counters.last_exchange_ts, connector.feeds["BTC-USDT"].last_id) == (4, 5, 11)
+    connector.request_full_resend()
+    connector.flush(7)
+    assert len(memory_sink.of_kind(Kind.SNAPSHOT_END)) == 2
+
+
 def test_ticker_disagreeing_with_the_book_resyncs(memory_sink) -> None:
     connector = KucoinConnector(
         memory_sink, 1, {"BTC/USDT": 1}, ticker_cross_check=True, await_welcome=False

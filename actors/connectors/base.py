@@ -440,6 +440,41 @@ def _apply_sequenced_side_python(
     return offset
 
 
+def _change_sequence_python(change: Sequence[object]) -> int:
+    """:func:`change_sequence` without the C extension."""
+    if len(change) != 3:
+        raise ValueError(f"bad change {change!r}")
+    return int(change[2])
+
+
+def _apply_sequenced_frame_python(
+    book: L2Book,
+    records: SymbolRecords,
+    raw_bids: Sequence[Sequence[object]],
+    raw_asks: Sequence[Sequence[object]],
+    _sequence: int,
+    exchange_ts: int,
+    receive_ts: int,
+) -> int:
+    """:func:`apply_sequenced_frame` without the C extension."""
+    if len(raw_bids) > 1:
+        raw_bids = sorted(raw_bids, key=_change_sequence_python)
+    if len(raw_asks) > 1:
+        raw_asks = sorted(raw_asks, key=_change_sequence_python)
+    needed = len(raw_bids) + len(raw_asks)
+    scratch = records.scratch if needed <= records.capacity else records.reserve(needed)
+    offset = 0
+    if raw_bids:
+        offset = _apply_sequenced_side_python(
+            book.bids, book.bid_prices, raw_bids, scratch, 0, exchange_ts, receive_ts, BID_SIDE
+        )
+    if raw_asks:
+        offset = _apply_sequenced_side_python(
+            book.asks, book.ask_prices, raw_asks, scratch, offset, exchange_ts, receive_ts, ASK_SIDE
+        )
+    return offset // RECORD_SIZE
+
+
 def _micros_stamp_ns_python(text: str) -> None:
     """:func:`micros_stamp_ns` without the C extension: always "read it with rfc3339_ns"."""
     return None
@@ -459,7 +494,14 @@ def _micros_stamp_ns_python(text: str) -> None:
 #     -> offset: apply_side for changes that carry their own sequence, exactly [price, size,
 #     sequence] (KuCoin's): each record gets int(sequence), and a change whose price is the
 #     text "0" only advances the sequence, so it is skipped.
-# A timestamp or sequence that does not fit the record raises ValueError in both.
+#   change_sequence(change) -> int: int(change[2]) of a [price, size, sequence] change, the order
+#     of a side's changes; a change of another length is a ValueError (a bad frame).
+#   apply_sequenced_frame(book, records, raw_bids, raw_asks, sequence, exchange_ts, receive_ts)
+#     -> count: apply_frame for such changes: each side sorted by change_sequence when it has more
+#     than one (a price may change twice in one delta), applied with apply_sequenced_side into the
+#     records' scratch (reserved first); ``sequence`` is unused (each record has its change's own).
+# A timestamp or sequence that does not fit the record raises ValueError in both, at the first
+# record packed (a frame that packs none is fine).
 #   micros_stamp_ns(text) -> int | None: a "YYYY-MM-DDTHH:MM:SS.ffffffZ" stamp (digits only, a
 #     valid date and time of 1970-2261) as ns since the epoch, exactly as rfc3339_ns reads it;
 #     None for any other text (and always None without the C extension): rfc3339_ns reads it.
@@ -476,11 +518,15 @@ if _kernel is not None:
     apply_level = _kernel.apply_level
     apply_side = _kernel.apply_side
     apply_sequenced_side = _kernel.apply_sequenced_side
+    change_sequence = _kernel.change_sequence
+    apply_sequenced_frame = _kernel.apply_sequenced_frame
     micros_stamp_ns = _kernel.micros_stamp_ns
 else:
     apply_level = _apply_level_python
     apply_side = _apply_side_python
     apply_sequenced_side = _apply_sequenced_side_python
+    change_sequence = _change_sequence_python
+    apply_sequenced_frame = _apply_sequenced_frame_python
     micros_stamp_ns = _micros_stamp_ns_python
 KERNEL_PATH = "c" if _kernel is not None else "python"
 """Which implementation runs the per-level and stamp hot paths (bench/connectors.py reports it)."""
@@ -1213,7 +1259,7 @@ class RestSeededConnector(BookResender, Connector):
         check, apply and write it.
 
         The in-sync path is the sequence check, ``apply_levels`` (:func:`apply_frame` unless
-        the venue's levels are not pairs) and :meth:`publish_live_delta`. Venue modules read a
+        the venue's levels are not pairs) and :func:`publish_live_delta`. Venue modules read a
         delta's fields in ``on_message`` and call this directly."""
         counters = feed.counters
         counters.frames += 1
@@ -1248,36 +1294,7 @@ class RestSeededConnector(BookResender, Connector):
             self.frame_rejected = True
             self._resync(feed, Reason.MALFORMED, receive_ts)
             return
-        self.publish_live_delta(feed, count, last_id, exchange_ts, receive_ts)
-
-    def publish_live_delta(self, feed: SymbolFeed, count: int, last_id: int, exchange_ts: int, receive_ts: int) -> None:
-        """What follows a live, in-sequence delta whose ``count`` LEVEL records are applied to the
-        book and packed in its scratch: the counters, depth truncation, the crossed-book and
-        cross-checked-top rules (either resyncs, before anything is written), then one ring write.
-        Every venue's live delta path ends here."""
-        counters = feed.counters
-        book = feed.book
-        records = feed.records
-        feed.last_id = last_id
-        counters.frames_applied += 1
-        counters.levels_applied += count
-        bid_prices = book.bid_prices
-        ask_prices = book.ask_prices
-        depth_limit = self.depth_limit
-        if depth_limit is not None and (len(bid_prices) > depth_limit or len(ask_prices) > depth_limit):
-            count = self._truncate(feed, count, last_id, exchange_ts, receive_ts)
-        if bid_prices and ask_prices and bid_prices[-1] >= ask_prices[0]:
-            counters.crossed += 1
-            self._resync(feed, Reason.CROSSED, receive_ts)
-            return
-        if feed.expected_tops and not self._check_expected_tops(feed):
-            self._resync(feed, Reason.CROSS_CHECK, receive_ts)  # before writing: the consumer never sees it
-            return
-        if not feed.resend_pending:
-            write_records = records.sink_write_records
-            if not write_records(records.scratch, count):  # truncating may have grown the scratch
-                records.output.lost(records.batches[count])
-                self._after_write()
+        publish_live_delta(self, feed, count, last_id, exchange_ts, receive_ts)
 
     def on_parsed_delta(
         self,
@@ -1294,7 +1311,7 @@ class RestSeededConnector(BookResender, Connector):
         floats (:mod:`actors.connectors.wire`): a live, bridged, in-sequence delta is applied
         and written here with no parsing (bench/connectors.py); every other case is
         :meth:`on_delta`'s, which takes these levels as it takes raw ones. Both end in
-        :meth:`publish_live_delta`."""
+        :func:`publish_live_delta`."""
         prior_last_id = feed.last_id
         if (
             feed.state is not _LIVE
@@ -1323,7 +1340,7 @@ class RestSeededConnector(BookResender, Connector):
             self.frame_rejected = True
             self._resync(feed, Reason.MALFORMED, receive_ts)
             return
-        self.publish_live_delta(feed, needed, last_id, exchange_ts, receive_ts)
+        publish_live_delta(self, feed, needed, last_id, exchange_ts, receive_ts)
 
     def _on_delta_not_live(self, feed: SymbolFeed, raw_delta: tuple) -> None:
         if feed.state is _BUFFERING:
@@ -1548,6 +1565,91 @@ class RestSeededConnector(BookResender, Connector):
         return feed.last_id
 
 
+def _publish_live_delta_python(
+    connector: RestSeededConnector, feed: SymbolFeed, count: int, last_id: int, exchange_ts: int, receive_ts: int
+) -> None:
+    """:func:`publish_live_delta` without the C extension."""
+    counters = feed.counters
+    book = feed.book
+    records = feed.records
+    feed.last_id = last_id
+    counters.frames_applied += 1
+    counters.levels_applied += count
+    bid_prices = book.bid_prices
+    ask_prices = book.ask_prices
+    depth_limit = connector.depth_limit
+    if depth_limit is not None and (len(bid_prices) > depth_limit or len(ask_prices) > depth_limit):
+        count = connector._truncate(feed, count, last_id, exchange_ts, receive_ts)
+    if bid_prices and ask_prices and bid_prices[-1] >= ask_prices[0]:
+        counters.crossed += 1
+        connector._resync(feed, Reason.CROSSED, receive_ts)
+        return
+    if feed.expected_tops and not connector._check_expected_tops(feed):
+        connector._resync(feed, Reason.CROSS_CHECK, receive_ts)  # before writing: the consumer never sees it
+        return
+    if not feed.resend_pending:
+        write_records = records.sink_write_records
+        if not write_records(records.scratch, count):  # truncating may have grown the scratch
+            records.output.lost(records.batches[count])
+            connector._after_write()
+
+
+def _apply_live_sequenced_delta_python(
+    connector: RestSeededConnector,
+    feed: SymbolFeed,
+    last_id: int,
+    bids: Sequence[Sequence[object]],
+    asks: Sequence[Sequence[object]],
+    exchange_ts: int,
+    receive_ts: int,
+) -> None:
+    """:func:`apply_live_sequenced_delta` without the C extension."""
+    counters = feed.counters
+    counters.frames += 1
+    counters.last_exchange_ts = exchange_ts
+    counters.receive_lag_ns = receive_ts - exchange_ts
+    records = feed.records
+    needed = len(bids) + len(asks)
+    if needed == 1 and (bids or asks)[0][0] == "0":  # one sequence-only change: nothing to apply or write
+        feed.last_id = last_id
+        counters.frames_applied += 1
+        if feed.expected_tops and not connector._check_expected_tops(feed):
+            connector._resync(feed, Reason.CROSS_CHECK, receive_ts)
+        return
+    book = feed.book
+    try:
+        count = _apply_sequenced_frame_python(book, records, bids, asks, last_id, exchange_ts, receive_ts)
+    except (ValueError, TypeError):  # part of a bad frame may be applied, and the frame is lost anyway: resync
+        counters.parse_errors += 1
+        connector.frame_rejected = True
+        connector._resync(feed, Reason.MALFORMED, receive_ts)
+        return
+    _publish_live_delta_python(connector, feed, count, last_id, exchange_ts, receive_ts)
+
+
+# A REST-seeded feed's live delta, in C where the kernel is built (its Python twins above):
+#   publish_live_delta(connector, feed, count, last_id, exchange_ts, receive_ts): what follows a
+#     live, in-sequence delta whose ``count`` LEVEL records are applied to the book and packed in
+#     its scratch: the counters, depth truncation, the crossed-book and cross-checked-top rules
+#     (either resyncs, before anything is written), then one ring write. Every venue's live delta
+#     path ends here.
+#   apply_live_sequenced_delta(connector, feed, last_id, bids, asks, exchange_ts, receive_ts): a
+#     live, bridged KuCoin delta that follows on, as ``[price, size, sequence]`` changes: on_delta's
+#     steps (frame counters, apply_sequenced_frame, a bad change a parse error and a resync, then
+#     publish_live_delta) in one call. One sequence-only change (price "0") leaves the book as it
+#     was, and a live book is always within its depth and uncrossed, so it only advances the
+#     sequence and meets a waiting cross-check.
+# Both read and write the feed's attributes as the twins do, and call the connector's own methods
+# (_truncate, _resync, _check_expected_tops, _after_write) for the rare steps.
+if _kernel is not None:
+    _kernel.configure_feeds(SymbolFeed, SymbolCounters, L2Book, SymbolRecords, Reason, Side)
+    publish_live_delta = _kernel.publish_live_delta
+    apply_live_sequenced_delta = _kernel.apply_live_sequenced_delta
+else:
+    publish_live_delta = _publish_live_delta_python
+    apply_live_sequenced_delta = _apply_live_sequenced_delta_python
+
+
 def _status_of(state: SyncState) -> Status:
     return {
         SyncState.IDLE: Status.DISCONNECTED,
@@ -1606,10 +1708,14 @@ __all__ = [
     "SyncState",
     "apply_frame",
     "apply_level",
+    "apply_live_sequenced_delta",
+    "apply_sequenced_frame",
     "apply_sequenced_side",
     "apply_side",
     "canonical_symbol",
+    "change_sequence",
     "follows_contiguously",
     "parse_levels",
+    "publish_live_delta",
     "status_batch",
 ]

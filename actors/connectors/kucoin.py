@@ -51,26 +51,23 @@ import msgspec
 import orjson
 
 from actors.connectors.base import (
-    ASK_SIDE,
-    BID_SIDE,
-    RECORD_SIZE,
     ConnectionAction,
     ConnectionSpec,
     ExchangeSettings,
     HttpRequest,
     Instrument,
     KeepAlive,
-    L2Book,
     Level,
     OutgoingMessage,
     RecordSink,
     RestSeededConnector,
     SymbolFeed,
-    SymbolRecords,
     SyncRule,
     SyncState,
-    apply_sequenced_side,
+    apply_live_sequenced_delta,
+    apply_sequenced_frame,
     canonical_symbol,
+    change_sequence,
     follows_contiguously,
     parse_levels,
 )
@@ -96,6 +93,11 @@ TOPIC_ID_STRIDE = (
     100_000  # subscribe ids: connection + 1 (level2), + this per further topic
 )
 OK_CODE = "200000"
+MAX_TIME_MS = (2**63 - 1) // 1_000_000
+"""The latest l2update ``time`` whose nanoseconds a record's int64 ``exchange_ts`` holds (year 2262); a
+frame past it (or before MIN_TIME_MS) is malformed: the ring write, and a re-send of the book, could not
+stamp it."""
+MIN_TIME_MS = -MAX_TIME_MS
 
 KUCOIN_SYNC = SyncRule(
     is_stale=lambda first_id, last_id, snapshot_id: last_id <= snapshot_id,
@@ -192,6 +194,8 @@ def parse_l2update(data: dict[str, Any]) -> L2Update:
     )  # the 2021 generation (as recorded) has no time field
     if event_ms.__class__ is not int:
         raise TypeError("bad l2update time")
+    if not MIN_TIME_MS <= event_ms <= MAX_TIME_MS:
+        raise ValueError(f"l2update time {event_ms} out of range")
     return data["symbol"], first_id, last_id, bids, asks, event_ms * 1_000_000
 
 
@@ -224,49 +228,12 @@ def parse_ticker(data: dict[str, Any]) -> tuple[int, Level, Level]:
     return int(data["sequence"]), bid, ask
 
 
-def _change_sequence(change: Sequence[str]) -> int:
-    """The sort key of a change; a change without its sequence is a bad frame (ValueError)."""
-    if len(change) != 3:
-        raise ValueError(f"bad change {change!r}")
-    return int(change[2])
-
-
 def parse_changes(raw: Sequence[Sequence[str]]) -> list[Level]:
     """``[price, size, sequence]`` changes as levels in sequence order; price "0" ones
-    (sequence only) are left out. Used while buffering; live frames take apply_changes."""
+    (sequence only) are left out. Used while buffering; live frames take apply_sequenced_frame."""
     if len(raw) > 1:
-        raw = sorted(raw, key=_change_sequence)
+        raw = sorted(raw, key=change_sequence)
     return parse_levels((price, size) for price, size, _sequence in raw if price != "0")
-
-
-def apply_changes(
-    book: L2Book,
-    records: SymbolRecords,
-    raw_bids: Sequence[Sequence[str]],
-    raw_asks: Sequence[Sequence[str]],
-    _delta_sequence: int,
-    exchange_ts: int,
-    receive_ts: int,
-) -> int:
-    """:func:`actors.connectors.base.apply_frame` for KuCoin's ``[price, size, sequence]``
-    changes: each side in sequence order (a price may change twice in one delta), price
-    "0" changes skipped. Each LEVEL record carries its change's own sequence rather than
-    the delta's, so a consumer can rebuild the book at any sequence the venue quotes
-    (a ticker's). Returns the LEVEL records packed; raises like apply_frame."""
-    if len(raw_bids) > 1:
-        raw_bids = sorted(raw_bids, key=_change_sequence)
-    if len(raw_asks) > 1:
-        raw_asks = sorted(raw_asks, key=_change_sequence)
-    needed = len(raw_bids) + len(raw_asks)
-    scratch = records.scratch if needed <= records.capacity else records.reserve(needed)
-    offset = 0
-    if raw_bids:
-        offset = apply_sequenced_side(book.bids, book.bid_prices, raw_bids, scratch, 0, exchange_ts, receive_ts, BID_SIDE)
-    if raw_asks:
-        offset = apply_sequenced_side(
-            book.asks, book.ask_prices, raw_asks, scratch, offset, exchange_ts, receive_ts, ASK_SIDE
-        )
-    return offset // RECORD_SIZE
 
 
 TypedChange = tuple[str, Size, str]
@@ -329,7 +296,7 @@ class KucoinConnector(RestSeededConnector):
     snapshot_requests_per_minute = (
         120  # public REST: well inside KuCoin's per-IP budget
     )
-    apply_levels = staticmethod(apply_changes)
+    apply_levels = staticmethod(apply_sequenced_frame)
     parse_delta_levels = staticmethod(parse_changes)
 
     def __init__(
@@ -517,11 +484,12 @@ class KucoinConnector(RestSeededConnector):
                     and last_id.__class__ is int
                     and event_ms.__class__ is int
                     and 0 < first_id <= last_id
+                    and MIN_TIME_MS <= event_ms <= MAX_TIME_MS
                 ):
                     changes = update.changes
                     exchange_ts = event_ms * 1_000_000 or receive_ts
                     if feed.state is _LIVE and feed.bridged and first_id == feed.last_id + 1:
-                        self._on_live_changes(feed, last_id, changes.bids, changes.asks, exchange_ts, receive_ts)
+                        apply_live_sequenced_delta(self, feed, last_id, changes.bids, changes.asks, exchange_ts, receive_ts)
                     else:
                         self.on_delta(feed, first_id, last_id, 0, changes.bids, changes.asks, exchange_ts, receive_ts)
                     return _CONTINUE
@@ -560,6 +528,7 @@ class KucoinConnector(RestSeededConnector):
                         and asks.__class__ is list
                         and event_ms.__class__ is int
                         and 0 < first_id <= last_id
+                        and MIN_TIME_MS <= event_ms <= MAX_TIME_MS
                     ):
                         exchange_ts = event_ms * 1_000_000 or receive_ts
                         self.on_delta(feed, first_id, last_id, 0, bids, asks, exchange_ts, receive_ts)
@@ -585,47 +554,6 @@ class KucoinConnector(RestSeededConnector):
             return ConnectionAction.RECONNECT
         connection_counters.ignored_frames += 1  # pong, notice
         return _CONTINUE
-
-    def _on_live_changes(
-        self,
-        feed: SymbolFeed,
-        last_id: int,
-        bids: list[TypedChange],
-        asks: list[TypedChange],
-        exchange_ts: int,
-        receive_ts: int,
-    ) -> None:
-        """:meth:`on_delta` for a typed delta of a live, bridged book that follows on (sizes
-        already validated floats): no tuple per frame (bench/connectors.py). The same steps in
-        the same order, so a bad change leaves the book and the counters as on_delta would:
-        the levels before it applied, then a parse error and a resync; then, as on_delta,
-        :meth:`publish_live_delta`.
-
-        One sequence-only change (a price "0": a third of the recorded frames) leaves the book
-        as it was, and a live book is always within its depth and uncrossed (the snapshot and
-        every delta are truncated and checked before the book is published), so on_delta's
-        truncation and crossed-book steps have nothing to do for it and are skipped."""
-        counters = feed.counters
-        counters.frames += 1
-        counters.last_exchange_ts = exchange_ts
-        counters.receive_lag_ns = receive_ts - exchange_ts
-        records = feed.records
-        needed = len(bids) + len(asks)
-        if needed == 1 and (bids or asks)[0][0] == "0":  # one sequence-only change: nothing to apply or write
-            feed.last_id = last_id
-            counters.frames_applied += 1
-            if feed.expected_tops and not self._check_expected_tops(feed):
-                self._resync(feed, Reason.CROSS_CHECK, receive_ts)
-            return
-        book = feed.book
-        try:
-            count = apply_changes(book, records, bids, asks, last_id, exchange_ts, receive_ts)
-        except (ValueError, TypeError):
-            counters.parse_errors += 1
-            self.frame_rejected = True
-            self._resync(feed, Reason.MALFORMED, receive_ts)
-            return
-        self.publish_live_delta(feed, count, last_id, exchange_ts, receive_ts)
 
     def _on_l2update(self, feed: SymbolFeed, data: dict[str, Any], receive_ts: int) -> None:
         try:
