@@ -393,7 +393,7 @@ static PyObject *change_sequence(PyObject *module, PyObject *change) {
 enum {
     FEED_COUNTERS, FEED_BOOK, FEED_RECORDS, FEED_LAST_ID, FEED_EXPECTED_TOPS, FEED_RESEND_PENDING,
     COUNTERS_FRAMES, COUNTERS_FRAMES_APPLIED, COUNTERS_LEVELS_APPLIED, COUNTERS_LAST_EXCHANGE_TS,
-    COUNTERS_RECEIVE_LAG_NS,
+    COUNTERS_RECEIVE_LAG_NS, COUNTERS_CROSSED, COUNTERS_PARSE_ERRORS,
     BOOK_BIDS, BOOK_ASKS, BOOK_BID_PRICES, BOOK_ASK_PRICES,
     RECORDS_SCRATCH, RECORDS_CAPACITY, RECORDS_WRITE,
     SLOT_COUNT
@@ -405,6 +405,7 @@ static const struct {
 } slot_names[SLOT_COUNT] = {
     {0, "counters"}, {0, "book"}, {0, "records"}, {0, "last_id"}, {0, "expected_tops"}, {0, "resend_pending"},
     {1, "frames"}, {1, "frames_applied"}, {1, "levels_applied"}, {1, "last_exchange_ts"}, {1, "receive_lag_ns"},
+    {1, "crossed"}, {1, "parse_errors"},
     {2, "bids"}, {2, "asks"}, {2, "bid_prices"}, {2, "ask_prices"},
     {3, "scratch"}, {3, "capacity"}, {3, "sink_write_records"},
 };
@@ -415,8 +416,8 @@ static struct {
 } slots[SLOT_COUNT];
 static PyObject *reason_crossed, *reason_cross_check, *reason_malformed;
 static PyObject *name_truncate, *name_resync, *name_check_expected_tops, *name_after_write, *name_depth_limit,
-    *name_frame_rejected, *name_parse_errors, *name_crossed, *name_output, *name_lost, *name_batches, *name_reserve,
-    *name_sort, *name_key, *text_zero, *sort_key_names, *change_sequence_function;
+    *name_frame_rejected, *name_output, *name_lost, *name_batches, *name_reserve, *name_sort, *name_key, *text_zero,
+    *sort_key_names, *change_sequence_function;
 
 static PyObject *get_slot(PyObject *object, int slot) {
     if (Py_IS_TYPE(object, slots[slot].owner)) {
@@ -450,28 +451,18 @@ static int add_to_slot(PyObject *object, int slot, PyObject *amount) {
     return failed;
 }
 
-/* object.<name> += 1, for the counters of the rare steps */
-static int increment_attribute(PyObject *object, PyObject *name) {
-    PyObject *value = PyObject_GetAttr(object, name);
-    if (value == NULL)
-        return -1;
-    PyObject *sum = PyNumber_InPlaceAdd(value, index_one);
-    Py_DECREF(value);
-    if (sum == NULL)
-        return -1;
-    int failed = PyObject_SetAttr(object, name, sum);
-    Py_DECREF(sum);
-    return failed;
-}
-
-/* the truth of object.<slot> */
-static int slot_is_true(PyObject *object, int slot) {
-    PyObject *value = get_slot(object, slot);
+/* the truth of a new reference (NULL: an error is set), which is released */
+static int truth_of(PyObject *value) {
     if (value == NULL)
         return -1;
     int truth = PyObject_IsTrue(value);
     Py_DECREF(value);
     return truth;
+}
+
+/* the truth of object.<slot> */
+static int slot_is_true(PyObject *object, int slot) {
+    return truth_of(get_slot(object, slot));
 }
 
 /* connector.<method>(args...), at most three arguments */
@@ -504,11 +495,7 @@ static int cross_check(PyObject *connector, PyObject *feed, PyObject *receive_ts
     int waiting = slot_is_true(feed, FEED_EXPECTED_TOPS);
     if (waiting <= 0)
         return waiting;
-    PyObject *result = call_method(connector, name_check_expected_tops, &feed, 1);
-    if (result == NULL)
-        return -1;
-    int agree = PyObject_IsTrue(result);
-    Py_DECREF(result);
+    int agree = truth_of(call_method(connector, name_check_expected_tops, &feed, 1));
     if (agree != 0)
         return agree < 0 ? -1 : 0;
     return resync(connector, feed, reason_cross_check, receive_ts) < 0 ? -1 : 1;
@@ -588,13 +575,9 @@ static int write_records(PyObject *connector, PyObject *records, PyObject *count
         return -1;
     }
     PyObject *args[2] = {scratch, count};
-    PyObject *written = PyObject_Vectorcall(write, args, 2, NULL);
+    int accepted = truth_of(PyObject_Vectorcall(write, args, 2, NULL));
     Py_DECREF(write);
     Py_DECREF(scratch);
-    if (written == NULL)
-        return -1;
-    int accepted = PyObject_IsTrue(written);
-    Py_DECREF(written);
     if (accepted != 0)
         return accepted < 0 ? -1 : 0;
     /* records.output.lost(records.batches[count]); connector._after_write() */
@@ -639,8 +622,8 @@ static int publish(PyObject *connector, PyObject *feed, Live *live, PyObject *la
     if (is_crossed < 0)
         return -1;
     if (is_crossed)
-        return increment_attribute(live->counters, name_crossed) < 0 ? -1
-                                                                      : resync(connector, feed, reason_crossed, receive_ts);
+        return add_to_slot(live->counters, COUNTERS_CROSSED, index_one) < 0 ? -1
+                                                                            : resync(connector, feed, reason_crossed, receive_ts);
     int resynced = cross_check(connector, feed, receive_ts);
     if (resynced != 0)
         return resynced < 0 ? -1 : 0;
@@ -799,7 +782,7 @@ static int live_sequenced(PyObject *connector, PyObject *feed, Live *live, PyObj
         if (!PyErr_ExceptionMatches(PyExc_ValueError) && !PyErr_ExceptionMatches(PyExc_TypeError))
             return -1;
         PyErr_Clear(); /* part of the frame may be applied, and the frame is lost anyway: resync */
-        if (increment_attribute(live->counters, name_parse_errors) < 0 ||
+        if (add_to_slot(live->counters, COUNTERS_PARSE_ERRORS, index_one) < 0 ||
             PyObject_SetAttr(connector, name_frame_rejected, Py_True) < 0)
             return -1;
         return resync(connector, feed, reason_malformed, receive_ts);
@@ -972,8 +955,8 @@ PyMODINIT_FUNC PyInit__kernel(void) {
     if (index_zero == NULL || index_one == NULL || index_two == NULL || intern(&name_truncate, "_truncate") < 0 ||
         intern(&name_resync, "_resync") < 0 || intern(&name_check_expected_tops, "_check_expected_tops") < 0 ||
         intern(&name_after_write, "_after_write") < 0 || intern(&name_depth_limit, "depth_limit") < 0 ||
-        intern(&name_frame_rejected, "frame_rejected") < 0 || intern(&name_parse_errors, "parse_errors") < 0 ||
-        intern(&name_crossed, "crossed") < 0 || intern(&name_output, "output") < 0 || intern(&name_lost, "lost") < 0 ||
+        intern(&name_frame_rejected, "frame_rejected") < 0 || intern(&name_output, "output") < 0 ||
+        intern(&name_lost, "lost") < 0 ||
         intern(&name_batches, "batches") < 0 || intern(&name_reserve, "reserve") < 0 || intern(&name_sort, "sort") < 0 ||
         intern(&name_key, "key") < 0 || intern(&text_zero, "0") < 0 ||
         (sort_key_names = PyTuple_Pack(1, name_key)) == NULL)

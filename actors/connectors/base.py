@@ -499,7 +499,8 @@ def _micros_stamp_ns_python(text: str) -> None:
 #   apply_sequenced_frame(book, records, raw_bids, raw_asks, sequence, exchange_ts, receive_ts)
 #     -> count: apply_frame for such changes: each side sorted by change_sequence when it has more
 #     than one (a price may change twice in one delta), applied with apply_sequenced_side into the
-#     records' scratch (reserved first); ``sequence`` is unused (each record has its change's own).
+#     records' scratch (reserved first); ``sequence`` is unused: each record has its change's own, so
+#     that a consumer can rebuild the book at any sequence the venue quotes (a ticker's).
 # A timestamp or sequence that does not fit the record raises ValueError in both, at the first
 # record packed (a frame that packs none is fine).
 #   micros_stamp_ns(text) -> int | None: a "YYYY-MM-DDTHH:MM:SS.ffffffZ" stamp (digits only, a
