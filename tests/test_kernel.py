@@ -346,9 +346,9 @@ def random_event(rng: random.Random, connector: KucoinConnector, sequence: int) 
     feed = connector.feeds["BTC-USDT"]
     book = feed.book
     if feed.state is not SyncState.LIVE:
-        levels = [[f"{100 - index * 0.5}", "1", str(sequence)] for index in range(8)]
+        bids = [[f"{100 - index * 0.5}", "1"] for index in range(8)]
         asks = [[f"{101 + index * 0.5}", "2"] for index in range(8)]
-        return ("snapshot", snapshot(sequence, [level[:2] for level in levels], asks)), sequence
+        return ("snapshot", snapshot(sequence, bids, asks)), sequence
     roll = rng.random()
     if roll < 0.08 and book.bid_prices and book.ask_prices:
         best_bid, best_ask = book.best_bid(), book.best_ask()
@@ -359,9 +359,8 @@ def random_event(rng: random.Random, connector: KucoinConnector, sequence: int) 
         return ("consume", None), sequence
     start = sequence + 1 + (rng.random() < 0.02)
     sides = [[], []]
-    for index in range(rng.choice((1, 1, 1, 2, 3))):
-        start_index = len(sides[0]) + len(sides[1])
-        change_sequence = start + start_index
+    for _ in range(rng.choice((1, 1, 1, 2, 3))):
+        change_sequence = start + len(sides[0]) + len(sides[1])
         side = rng.randint(0, 1)
         kind = rng.random()
         if kind < 0.3:
@@ -378,8 +377,10 @@ def random_event(rng: random.Random, connector: KucoinConnector, sequence: int) 
     end = start + max(len(sides[0]) + len(sides[1]) - 1, 0)
     rng.shuffle(sides[0])
     frame = l2(start, end, bids=sides[0], asks=sides[1])
-    if rng.random() < 0.03:  # a time the record cannot hold
-        frame = frame.replace(b'"symbol"', b'"time":9300000000000,"symbol"')
+    roll = rng.random()
+    if roll > 0.5:  # a time, now and then one past 2262 (no record can stamp it)
+        time_ms = 1_700_000_000_000 + sequence if roll < 0.97 else 9_300_000_000_000
+        frame = frame.replace(b'"symbol"', b'"time":%d,"symbol"' % time_ms)
     return ("frame", frame.decode() if rng.random() < 0.85 else frame), end
 
 
