@@ -343,6 +343,20 @@ def test_resend_waits_for_enough_room(sink_factory) -> None:
     assert sink.refused == 0
 
 
+@pytest.mark.parametrize("event_ms", [10**13, -1])
+def test_a_delta_whose_event_time_no_record_can_hold_is_malformed(memory_sink, event_ms) -> None:
+    """``E`` past April 2262 (or negative) in a delta with no level: it packs no record, and
+    kept as the last exchange time it made the book's next re-send raise OverflowError."""
+    connector = synced(make_connector(memory_sink))
+    connector.on_message(0, depth("BNBBTC", 101, 101, event_ms=event_ms), NOW)
+    counters = connector.counters("BNB/BTC")
+    assert counters.parse_errors == 1 and connector.frame_rejected
+    assert connector.feeds["BNBBTC"].state == SyncState.BUFFERING  # resynced from a new snapshot
+    connector.request_full_resend()
+    connector.flush(NOW)
+    assert counters.last_exchange_ts <= 2**63 - 1
+
+
 def test_consumer_restart_gets_fresh_snapshots(memory_sink) -> None:
     connector = synced(make_connector(memory_sink))
     before = len(memory_sink.batches)

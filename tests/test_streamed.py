@@ -4,9 +4,11 @@ backoff, snapshot timeouts, reconnect-only venues, pings and ring overflow."""
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Sequence
 
+import msgpack
 import orjson
 import pytest
 
@@ -37,7 +39,7 @@ SYMBOL_IDS = {"BTC/USD": 1, "ETH/USD": 2}
 
 
 class ToyVenue(StreamSeededConnector):
-    """A venue that is only data: JSON frames ``{"s":sym,"t":"snap"|"upd","b":..,"a":..,"seq":n,"prev":n,"cs":n}``."""
+    """A venue that is only data: JSON frames ``{"s":sym,"t":"snap"|"upd","b":..,"a":..,"seq":n,"prev":n,"cs":n,"ts":ns}``."""
 
     name = "toy"
     instruments_url = "http://toy.test/instruments"
@@ -62,11 +64,14 @@ class ToyVenue(StreamSeededConnector):
     def on_message(self, connection: int, data: str | bytes, receive_ts: int) -> ConnectionAction:
         message = orjson.loads(data)
         feed = self.feeds[message["s"]]
+        exchange_ts = message.get("ts", 0)
         if message["t"] == "snap":
-            self.on_book_snapshot(feed, message["b"], message["a"], message["seq"], message.get("cs"), 0, receive_ts)
+            self.on_book_snapshot(feed, message["b"], message["a"], message["seq"], message.get("cs"), exchange_ts,
+                                  receive_ts)
         else:
             self.on_book_update(
-                feed, message["b"], message["a"], message["seq"], message["prev"], message.get("cs"), 0, receive_ts
+                feed, message["b"], message["a"], message["seq"], message["prev"], message.get("cs"), exchange_ts,
+                receive_ts,
             )
         return self.connection_action(connection)
 
@@ -75,9 +80,11 @@ class ToyOkx(ToyVenue):
     book_checksum = OKX
 
 
-def frame(kind: str, symbol: str, seq: int, bids=(), asks=(), prev: int = 0, checksum: int | None = None) -> str:
+def frame(
+    kind: str, symbol: str, seq: int, bids=(), asks=(), prev: int = 0, checksum: int | None = None, ts: int = 0
+) -> str:
     message = {"s": symbol, "t": kind, "b": [list(level) for level in bids], "a": [list(level) for level in asks]}
-    message |= {"seq": seq, "prev": prev}
+    message |= {"seq": seq, "prev": prev, "ts": ts}
     if checksum is not None:
         message["cs"] = checksum
     return orjson.dumps(message).decode()
@@ -314,3 +321,20 @@ def test_subscribe_error_retries_with_backoff(memory_sink) -> None:
     assert connector.connection_counters[0].last_error == "pair not supported"
     assert connector.outgoing_messages(0) == []
     assert texts(connector.outgoing_messages(SECOND)) == [(0, "unsub BTC-USD"), (0, "sub BTC-USD")]
+
+
+@pytest.mark.parametrize("exchange_ts", [2**63, -1])
+def test_a_frame_whose_exchange_time_no_record_can_hold_is_malformed(memory_sink, exchange_ts) -> None:
+    """Past April 2262 (or negative): an update with no level, kept as the last exchange time,
+    used to break the book's next re-send (OverflowError in the runtime's timer task); a
+    snapshot broke at once."""
+    connector = live(toy(memory_sink))
+    connector.on_message(0, frame("upd", "BTC-USD", 11, prev=10, ts=exchange_ts), NOW)
+    counters = connector.counters("BTC/USD")
+    assert counters.parse_errors == 1 and counters.last_exchange_ts == 0
+    assert connector.feeds["BTC-USD"].state != SyncState.LIVE  # resynced: the frame is lost
+    connector.on_message(0, frame("snap", "ETH-USD", 30, [("10.00", "1")], [("10.01", "2")], ts=exchange_ts), NOW)
+    assert connector.counters("ETH/USD").parse_errors == 1 and connector.feeds["ETH-USD"].state != SyncState.LIVE
+    connector.request_full_resend()
+    connector.flush(NOW)
+    msgpack.packb([dataclasses.asdict(connector.counters(symbol)) for symbol in SYMBOL_IDS])

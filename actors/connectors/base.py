@@ -103,6 +103,11 @@ MAX_SIZE = 1e15
 """The largest size a level may have (a quadrillion units: far beyond any real book, sub-cent coins
 included); a larger one is refused as corrupt."""
 
+MAX_EXCHANGE_TS = 2**63 - 1
+"""The latest exchange time (ns) a record can hold (int64: April 2262). A frame with a later one, or
+a negative one, is malformed whether or not it changes a level: kept as the feed's last exchange
+time it would break the book's next re-send and the counters' encoding."""
+
 Level = tuple[float, float]
 """One (price, size) pair; size is the new absolute size, 0 deletes the level."""
 
@@ -1264,6 +1269,11 @@ class RestSeededConnector(BookResender, Connector):
         delta's fields in ``on_message`` and call this directly."""
         counters = feed.counters
         counters.frames += 1
+        if not 0 <= exchange_ts <= MAX_EXCHANGE_TS:
+            counters.parse_errors += 1
+            self.frame_rejected = True
+            self._resync(feed, Reason.MALFORMED, receive_ts)
+            return
         counters.last_exchange_ts = exchange_ts
         counters.receive_lag_ns = receive_ts - exchange_ts
         if feed.state is not _LIVE:
@@ -1317,6 +1327,7 @@ class RestSeededConnector(BookResender, Connector):
         if (
             feed.state is not _LIVE
             or not feed.bridged
+            or not 0 <= exchange_ts <= MAX_EXCHANGE_TS
             or not (
                 first_id == prior_last_id + 1
                 if self._follows_contiguously
@@ -1677,6 +1688,7 @@ def _clear_batch(
 
 __all__ = [
     "INF",
+    "MAX_EXCHANGE_TS",
     "MAX_PRICE",
     "MAX_SIZE",
     "ConnectionAction",

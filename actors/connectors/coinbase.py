@@ -36,6 +36,7 @@ import msgspec
 import orjson
 
 from actors.connectors.base import (
+    MAX_EXCHANGE_TS,
     ASK_SIDE,
     BID_SIDE,
     MAX_PRICE,
@@ -358,6 +359,9 @@ class CoinbaseConnector(StreamSeededConnector):
         parse) parsed, applied and packed in one pass; otherwise as on_book_update."""
         counters = feed.counters
         counters.frames += 1
+        if not 0 <= exchange_ts <= MAX_EXCHANGE_TS:
+            self._reject_exchange_time(feed, receive_ts)
+            return
         counters.last_exchange_ts = exchange_ts
         counters.receive_lag_ns = receive_ts - exchange_ts
         if feed.state is not _LIVE:

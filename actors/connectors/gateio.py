@@ -42,6 +42,7 @@ import msgspec
 import orjson
 
 from actors.connectors.base import (
+    MAX_EXCHANGE_TS,
     ConnectionAction,
     Instrument,
     KeepAlive,
@@ -422,6 +423,11 @@ class GateioConnector(RestSeededConnector):
         snapshot batch, and the next update must start at ``last_id + 1``."""
         counters = feed.counters
         counters.frames += 1
+        if not 0 <= exchange_ts <= MAX_EXCHANGE_TS:  # no record can hold it (MAX_EXCHANGE_TS)
+            counters.parse_errors += 1
+            self.frame_rejected = True
+            self._resync(feed, Reason.MALFORMED, receive_ts)
+            return
         counters.last_exchange_ts = exchange_ts
         counters.receive_lag_ns = receive_ts - exchange_ts
         if feed.state not in (SyncState.BUFFERING, SyncState.LIVE):

@@ -59,6 +59,7 @@ from urllib.parse import urlsplit
 import orjson
 
 from actors.connectors.base import (
+    MAX_EXCHANGE_TS,
     ConnectionAction,
     Instrument,
     KeepAlive,
@@ -495,7 +496,8 @@ class OkxConnector(OkxProtocol, RestSeededConnector):
             self.frame_rejected = True
             self._resync(feed, Reason.MALFORMED, receive_ts)
             return
-        if feed.state is _LIVE and sequence == previous == feed.last_id and not (bids or asks):
+        if (feed.state is _LIVE and sequence == previous == feed.last_id and not (bids or asks)
+                and 0 <= exchange_ts <= MAX_EXCHANGE_TS):
             feed.counters.last_exchange_ts = exchange_ts  # idle keep-alive: nothing to write
             return
         self.on_delta(feed, previous, sequence, previous, bids, asks, exchange_ts, receive_ts)
@@ -574,6 +576,7 @@ class OkxStreamSeededConnector(OkxProtocol, StreamSeededConnector):
             and not (bids or asks)
             and checksum is None
             and sequence == previous == feed.last_sequence
+            and 0 <= exchange_ts <= MAX_EXCHANGE_TS
         ):
             feed.counters.last_exchange_ts = exchange_ts  # idle keep-alive: nothing to verify
         else:

@@ -61,6 +61,7 @@ from actors.connectors.base import (
     ASK_SIDE,
     BID_SIDE,
     INF,
+    MAX_EXCHANGE_TS,
     MAX_PRICE,
     MAX_SIZE,
     RECORD_SIZE,
@@ -557,6 +558,11 @@ class StreamSeededConnector(BookResender, Connector):
     ) -> None:
         """A snapshot's sides (price → size) in the cleared book: truncate, check and publish."""
         counters = feed.counters
+        if not 0 <= exchange_ts <= MAX_EXCHANGE_TS:  # no record can hold it: as unreadable as a bad level
+            counters.parse_errors += 1
+            self.frame_rejected = True
+            self.resync(feed, Reason.MALFORMED, receive_ts)
+            return
         book = feed.book
         book.bids = bids
         book.asks = asks
@@ -603,6 +609,9 @@ class StreamSeededConnector(BookResender, Connector):
         """
         counters = feed.counters
         counters.frames += 1
+        if not 0 <= exchange_ts <= MAX_EXCHANGE_TS:
+            self._reject_exchange_time(feed, receive_ts)
+            return
         counters.last_exchange_ts = exchange_ts
         counters.receive_lag_ns = receive_ts - exchange_ts
         if feed.state is not _LIVE:
@@ -681,6 +690,16 @@ class StreamSeededConnector(BookResender, Connector):
             exchange_ts,
             receive_ts,
         )
+
+    def _reject_exchange_time(self, feed: StreamFeed, receive_ts: int) -> None:
+        """A frame whose exchange time no record can hold (:data:`MAX_EXCHANGE_TS`) is malformed:
+        counted, and a live book resyncs (the frame is lost); otherwise it is dropped."""
+        feed.counters.parse_errors += 1
+        self.frame_rejected = True
+        if feed.state is _LIVE:
+            self.resync(feed, Reason.MALFORMED, receive_ts)
+        else:
+            feed.counters.frames_dropped += 1
 
     def resync(self, feed: StreamFeed, reason: Reason, now_ns: int) -> None:
         """Stop trusting ``feed``'s book: CLEAR it (if published) and ask for a fresh snapshot."""
