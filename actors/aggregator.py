@@ -46,7 +46,7 @@ from engine.microstructure import (
     AnalyticsSettings, SideArrays, fill_buckets, fill_metrics, kernel, kernel_metrics_arguments,
 )
 from shm import wake
-from shm.book import FIRST_EXCHANGE, ORDERS, PRICE, SIZE, BookWriter
+from shm.book import FIRST_EXCHANGE, ORDERS, PRICE, SIZE, BookWriter, slot_field_run
 from shm.records import ALL_SYMBOLS, Kind, Reason, Side, Status
 from shm.ring import Ring
 
@@ -140,18 +140,11 @@ class Instrument:
         if not self.direct:
             self.column_exchange_ids = self.column_exchange.astype(np.int64)
         slots = self.writer.slots
-        record = slots.dtype.fields
-        first, last = (record[name] for name in EXCHANGE_BLOCK)
-        block = slice(first[1], last[1] + last[0].itemsize)
-        self.exchange_image = np.zeros(block.stop - block.start, dtype=np.uint8)
-        names = [name for name in slots.dtype.names if block.start <= record[name][1] < block.stop]
-        self.exchange_fields = {
-            name: memoryview(self.exchange_image[record[name][1] - block.start :][: record[name][0].itemsize]
-                             .view(record[name][0].base))
-            for name in names
-        }
-        self.exchange_best = tuple(np.asarray(self.exchange_fields[name]) for name in ("exchange_best_bid",
-                                                                                    "exchange_best_ask"))
+        names = slots.dtype.names
+        first, last = (names.index(name) for name in EXCHANGE_BLOCK)
+        block, self.exchange_image, fields = slot_field_run(slots.dtype, names[first : last + 1])
+        self.exchange_fields = {name: memoryview(view) for name, view in fields.items()}
+        self.exchange_best = (fields["exchange_best_bid"], fields["exchange_best_ask"])
         self.views = [
             {name: slots[name][index : index + 1] if not slots.dtype[name].shape else slots[name][index]
              for name in slots.dtype.names}

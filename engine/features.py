@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from engine.microstructure import kernel
-from shm.book import FIRST_EXCHANGE, PRICE, SIZE, BookReader
+from shm.book import FIRST_EXCHANGE, PRICE, SIZE, BookReader, slot_field_run
 
 if TYPE_CHECKING:
     from engine.config import FeaturesConfig
@@ -126,20 +126,11 @@ class BookSampler:
         self.columns = np.zeros((FIRST_EXCHANGE + reader.exchanges, 2, levels))
         self.levels = self.columns.transpose(1, 0, 2)
         self.counts = [0, 0]
-        # the per-exchange fields and the metrics are copied as one run of the slot's bytes (from
-        # the first of them, rounded down to 8 for alignment, to the end of the last): views of
-        # this private copy hold them
+        # the per-exchange fields and the metrics are copied as one run of the slot's bytes:
+        # views of this private copy hold them
         record = slots.dtype.fields
-        copied = ("exchange_included", *exchange_fields, "metrics")
-        start = min(record[name][1] for name in copied) // 8 * 8
-        stop = max(record[name][1] + record[name][0].itemsize for name in copied)
-        fields = np.zeros(stop - start, dtype=np.uint8)
-
-        def field(name: str) -> np.ndarray:
-            dtype, offset = record[name][:2]
-            return fields[offset - start : offset - start + dtype.itemsize].view(dtype.base)
-
-        self._metrics = field("metrics")
+        run, fields, views = slot_field_run(slots.dtype, ("exchange_included", *exchange_fields, "metrics"))
+        self._metrics = views["metrics"]
         # metrics by name, in field order: the per-k and per-exchange fields are views of the
         # private copy (as ``tolist`` gives them), so a sample only refreshes the scalars
         self._metrics_template: dict[str, object] = dict(zip(self._metrics.dtype.names, self._metrics.tolist()[0]))
@@ -148,7 +139,7 @@ class BookSampler:
         ]
         self._metric_scalars = self._metrics[self._metric_scalar_names]
         self.metrics: dict[str, object] = dict(self._metrics_template)
-        self.exchange = {name: field(name) for name in ("exchange_included", *exchange_fields)}
+        self.exchange = {name: views[name] for name in ("exchange_included", *exchange_fields)}
         buckets = slots.dtype["buckets"]
         bucket_copies = {name: np.zeros((1, *buckets[name].shape), dtype=buckets[name].base) for name in bucket_fields}
         self.buckets = {name: copy.reshape(buckets[name].shape) for name, copy in bucket_copies.items()}
@@ -171,7 +162,7 @@ class BookSampler:
                 memoryview(slots["bid_levels"][index : index + 1]),
                 memoryview(slots["ask_levels"][index : index + 1]),
                 [(self.columns[:, :, : self.rows], both_sides),
-                 (fields, slots[index : index + 1].view(np.uint8)[start:stop]),
+                 (fields, slots[index : index + 1].view(np.uint8)[run]),
                  *((copy, slots["buckets"][name][index : index + 1]) for name, copy in bucket_copies.items())],
             ))
 

@@ -159,6 +159,19 @@ def book_slot_dtype(layout: BookLayout) -> np.dtype:
     )
 
 
+def slot_field_run(dtype: np.dtype, names: Sequence[str]) -> tuple[slice, np.ndarray, dict[str, np.ndarray]]:
+    """The run of a slot's bytes holding the fields ``names`` (from the first, rounded down to 8
+    for alignment, to the end of the last), a private zeroed copy of that run, and each field's
+    typed view into the copy: one byte copy then moves every field between a slot and the views."""
+    record = dtype.fields
+    start = min(record[name][1] for name in names) // 8 * 8
+    stop = max(record[name][1] + record[name][0].itemsize for name in names)
+    image = np.zeros(stop - start, dtype=np.uint8)
+    views = {name: image[record[name][1] - start :][: record[name][0].itemsize].view(record[name][0].base)
+             for name in names}
+    return slice(start, stop), image, views
+
+
 def book_payload_size(layout: BookLayout) -> int:
     return CACHE_LINE + layout.slots * book_slot_dtype(layout).itemsize
 
