@@ -34,7 +34,6 @@ from dataclasses import fields
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
 
 import numpy as np
 
@@ -230,9 +229,9 @@ def _snapshot_for(native_symbol: str, snapshots: list[RecordedLine]) -> Recorded
 
 
 def _url_names(url: str) -> set[str]:
-    parts = urlsplit(url)
-    return {segment.lower() for segment in parts.path.split("/") if segment} | {
-        value.lower() for _key, value in parse_qsl(parts.query)
+    path, query = _path_and_query(url)
+    return {segment.lower() for segment in path.split("/") if segment} | {
+        part.partition("=")[2].lower() for part in query
     }
 
 
